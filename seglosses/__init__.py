@@ -1,0 +1,1 @@
+"""seglosses (exports are filled in when the modules land)."""

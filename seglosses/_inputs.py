@@ -1,0 +1,243 @@
+"""Validation and shape normalisation shared by every loss in ``seglosses``.
+
+Every public loss funnels its ``input``/``target`` through :func:`prepare` so that shape rules,
+error messages and the float32 upcast of half-precision inputs are defined once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MODES = ("binary", "multiclass", "multilabel")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Losses are computed in float32 for fp16/bf16 inputs and in the input's dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def as_class_vector(
+    name: str, value: float | Sequence[float] | Tensor | None, num_classes: int, like: Tensor
+) -> Tensor | None:
+    """``None`` stays ``None``; a number or a length-``num_classes`` sequence becomes a (C,) tensor.
+
+    ``like`` gives the device and dtype of the result.
+    """
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(num_classes)
+    if t.ndim != 1 or t.numel() != num_classes:
+        raise ValueError(
+            f"{name} must be a number or have one value per class ({num_classes}), "
+            f"got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
+    return t
+
+
+@dataclass
+class Prepared:
+    """Inputs of a loss in canonical, spatially flattened form.
+
+    Attributes:
+        input: (N, C, S) logits or probabilities in the compute dtype (C = 1 in binary mode).
+        target: multiclass index targets: (N, S) int64 with ignored pixels replaced by 0;
+            every other case: (N, C, S) float in the compute dtype, ignored elements replaced by 0.
+        valid: ``None`` when nothing is ignored; else a bool mask, (N, S) for index targets
+            and (N, C, S) for dense targets.
+        index_target: whether ``target`` holds class indices.
+        spatial_shape: the ``*`` of the original input, to restore per-pixel outputs.
+        out_shape: shape of a per-element result before flattening: (N, *) for multiclass index
+            targets and binary inputs given without a channel dim, else (N, C, *).
+    """
+
+    input: Tensor
+    target: Tensor
+    valid: Tensor | None
+    index_target: bool
+    spatial_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return self.input.shape[1]
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def prepare(
+    input: Tensor,
+    target: Tensor,
+    mode: str,
+    ignore_index: int | None = None,
+    *,
+    from_logits: bool = True,
+) -> Prepared:
+    """Validate ``input``/``target`` for ``mode`` and flatten spatial dims.
+
+    Raises:
+        ValueError: with the expected and the received shape, dtype or value range.
+    """
+    check_mode(mode)
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise ValueError(
+            f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}"
+        )
+    if not input.is_floating_point():
+        raise ValueError(f"input must be floating point (logits or probabilities), got {input.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if not from_logits:
+        _check_probabilities(input)
+    dtype = compute_dtype(input.dtype)
+
+    if mode == "multiclass":
+        if input.ndim < 2:
+            raise ValueError(f"multiclass input must have shape (N, C, *), got {_shape(input)}")
+        n, c = input.shape[:2]
+        spatial = _shape(input)[2:]
+        x = input.to(dtype).reshape(n, c, -1)
+        if target.is_floating_point() and target.shape == input.shape:
+            return _dense(x, target.to(dtype).reshape(n, c, -1), ignore_index, spatial, _shape(input), mode)
+        if target.is_floating_point():
+            raise ValueError(
+                "multiclass target must be int64 class indices of shape (N, *) "
+                f"= {(n, *spatial)} or float probabilities of the input's shape {_shape(input)}; "
+                f"got a {target.dtype} target of shape {_shape(target)}"
+            )
+        if target.ndim == input.ndim and target.shape[1] == 1 and c != 1:
+            target = target.squeeze(1)
+        if _shape(target) != (n, *spatial):
+            raise ValueError(
+                f"multiclass index target must have shape (N, *) = {(n, *spatial)} for input of shape "
+                f"{_shape(input)}, got {_shape(target)}"
+            )
+        if target.dtype in (torch.bool, torch.complex64, torch.complex128):
+            raise ValueError(f"multiclass index target must be an integer tensor, got {target.dtype}")
+        y = target.reshape(n, -1).long()
+        valid = None if ignore_index is None else y != ignore_index
+        _check_index_range(y, valid, c, ignore_index)
+        if valid is not None:
+            if bool(valid.all()):
+                valid = None
+            else:
+                y = y.masked_fill(~valid, 0)
+        return Prepared(x, y, valid, True, spatial, (n, *spatial))
+
+    # binary / multilabel: dense targets of the input's shape
+    if mode == "binary":
+        if input.ndim >= 2 and input.shape[1] == 1:
+            out_shape = _shape(input)
+        else:
+            if input.ndim < 1:
+                raise ValueError(f"binary input must have shape (N, *) or (N, 1, *), got {_shape(input)}")
+            out_shape = _shape(input)
+            input = input.unsqueeze(1)
+            if target.shape == out_shape:
+                target = target.unsqueeze(1)
+        if target.shape != input.shape:
+            raise ValueError(
+                f"binary target must have the input's shape {out_shape}, got {_shape(target)}"
+            )
+    else:
+        if input.ndim < 2:
+            raise ValueError(f"multilabel input must have shape (N, C, *), got {_shape(input)}")
+        out_shape = _shape(input)
+        if target.shape != input.shape:
+            raise ValueError(
+                f"multilabel target must have the input's shape {_shape(input)}, got {_shape(target)}"
+            )
+    n, c = input.shape[:2]
+    spatial = _shape(input)[2:]
+    x = input.to(dtype).reshape(n, c, -1)
+    return _dense(x, target.to(dtype).reshape(n, c, -1), ignore_index, spatial, out_shape, mode)
+
+
+def _dense(
+    x: Tensor,
+    t: Tensor,
+    ignore_index: int | None,
+    spatial: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    mode: str,
+) -> Prepared:
+    valid = None
+    if ignore_index is not None:
+        if mode == "multiclass":
+            raise ValueError(
+                "ignore_index applies to class-index targets; with probability targets give ignored "
+                "pixels a zero target row instead (got ignore_index="
+                f"{ignore_index} with a float target of shape {_shape(t)})"
+            )
+        ignored = t == ignore_index
+        if bool(ignored.any()):
+            valid = ~ignored
+            t = t.masked_fill(ignored, 0.0)
+    lo, hi = _aminmax(t)
+    if lo < 0 or hi > 1:
+        what = "probabilities" if mode == "multiclass" else f"{mode} targets"
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(f"{what} must lie in [0, 1]{extra}, got values in [{lo:g}, {hi:g}]")
+    return Prepared(x, t, valid, False, spatial, out_shape)
+
+
+def _aminmax(t: Tensor) -> tuple[float, float]:
+    if t.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.aminmax(t)
+    return float(lo), float(hi)
+
+
+def _check_index_range(y: Tensor, valid: Tensor | None, num_classes: int, ignore_index: int | None) -> None:
+    if y.numel() == 0:
+        return
+    lo, hi = torch.aminmax(y)
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = (y < 0) | (y >= num_classes)
+    if valid is not None:
+        bad &= valid
+    if not bool(bad.any()):
+        return
+    values = torch.unique(y[bad])[:10].tolist()
+    extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    raise ValueError(
+        f"target holds class ids outside [0, {num_classes}){extra}: {values} "
+        f"({int(bad.sum())} pixels); check num_classes and ignore_index"
+    )
+
+
+def _check_probabilities(input: Tensor) -> None:
+    lo, hi = _aminmax(input.detach())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"from_logits=False expects probabilities in [0, 1], got values in [{lo:g}, {hi:g}]; "
+            "pass from_logits=True for raw network outputs"
+        )
