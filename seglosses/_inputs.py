@@ -6,6 +6,7 @@ error messages and the float32 upcast of half-precision inputs are defined once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -123,9 +124,10 @@ def prepare(
             raise ValueError(f"multiclass input must have shape (N, C, *), got {_shape(input)}")
         n, c = input.shape[:2]
         spatial = _shape(input)[2:]
-        x = input.to(dtype).reshape(n, c, -1)
+        s = math.prod(spatial)  # explicit: reshape(n, c, -1) is ambiguous for an empty batch
+        x = input.to(dtype).reshape(n, c, s)
         if target.is_floating_point() and target.shape == input.shape:
-            return _dense(x, target.to(dtype).reshape(n, c, -1), ignore_index, spatial, _shape(input), mode)
+            return _dense(x, target.to(dtype).reshape(n, c, s), ignore_index, spatial, _shape(input), mode)
         if target.is_floating_point():
             raise ValueError(
                 "multiclass target must be int64 class indices of shape (N, *) "
@@ -141,7 +143,7 @@ def prepare(
             )
         if target.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise ValueError(f"multiclass index target must be an integer tensor, got {target.dtype}")
-        y = target.reshape(n, -1).long()
+        y = target.reshape(n, s).long()
         valid = None if ignore_index is None else y != ignore_index
         _check_index_range(y, valid, c, ignore_index)
         if valid is not None:
@@ -176,8 +178,9 @@ def prepare(
             )
     n, c = input.shape[:2]
     spatial = _shape(input)[2:]
-    x = input.to(dtype).reshape(n, c, -1)
-    return _dense(x, target.to(dtype).reshape(n, c, -1), ignore_index, spatial, out_shape, mode)
+    s = math.prod(spatial)
+    x = input.to(dtype).reshape(n, c, s)
+    return _dense(x, target.to(dtype).reshape(n, c, s), ignore_index, spatial, out_shape, mode)
 
 
 def _dense(
@@ -201,7 +204,7 @@ def _dense(
             valid = ~ignored
             t = t.masked_fill(ignored, 0.0)
     lo, hi = _aminmax(t)
-    if lo < 0 or hi > 1:
+    if not (lo >= 0 and hi <= 1):  # also catches NaN
         what = "probabilities" if mode == "multiclass" else f"{mode} targets"
         extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"{what} must lie in [0, 1]{extra}, got values in [{lo:g}, {hi:g}]")
@@ -236,7 +239,7 @@ def _check_index_range(y: Tensor, valid: Tensor | None, num_classes: int, ignore
 
 def _check_probabilities(input: Tensor) -> None:
     lo, hi = _aminmax(input.detach())
-    if lo < 0 or hi > 1:
+    if not (lo >= 0 and hi <= 1):  # also catches NaN
         raise ValueError(
             f"from_logits=False expects probabilities in [0, 1], got values in [{lo:g}, {hi:g}]; "
             "pass from_logits=True for raw network outputs"

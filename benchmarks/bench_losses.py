@@ -1,0 +1,334 @@
+"""Speed and peak memory of our focal / Dice / focal+Dice against smp, MONAI and ``F.cross_entropy``.
+
+Usage::
+
+    python benchmarks/bench_losses.py [--sizes 4,12,256,256 8,12,512,512] [--repeats 7] [--budget 1.5]
+                                      [--threads 2] [--device cpu|cuda]
+
+Every case is multiclass with index targets (N, H, W), logits (N, C, H, W) in float32, gamma = 2, mean
+reduction, and is timed as ``loss = fn(logits, target); loss.backward()`` in one process.
+
+Time: median (and minimum) wall time of forward+backward over ``--repeats`` rounds, after the
+memory-measuring pass of every case (which doubles as the warm-up). Each round runs every case once
+(round-robin), so load from other processes on a shared machine hits all cases alike; timing stops early
+(after at least 3 rounds) once ``--budget`` seconds per case have passed in total. CUDA is synchronised
+around every pass.
+
+Peak memory: the extra memory allocated during one forward+backward pass, above what was allocated
+before it (the logits, the targets and the loss modules are allocated before; ``logits.grad`` is
+reset to ``None`` so the gradient, one input size, is counted for every case alike).
+- CPU: ``torch.profiler`` with ``profile_memory=True`` records every allocation and free of the CPU
+  allocator together with the running total of bytes allocated since profiling started; the peak is
+  the largest running total. This reads the profiler's event tree
+  (``prof.profiler.kineto_results.experimental_event_tree()``, allocation events), an experimental
+  API; the script says "n/a" if it yields no allocation events.
+- CUDA: ``torch.cuda.max_memory_allocated()`` minus ``torch.cuda.memory_allocated()`` before the pass.
+The column "x input" is the peak divided by the size of the logits in bytes.
+
+"ours focal+dice" is ``CombinedLoss`` with its shared-softmax fast path (the default);
+"ours focal+dice unfused" calls the two terms one after the other (``fused=False``).
+
+Peers: ``segmentation_models_pytorch.losses`` FocalLoss and DiceLoss (mode="multiclass"), their sum;
+``monai.losses`` FocalLoss(use_softmax=True, to_onehot_y=True), DiceLoss(softmax=True,
+to_onehot_y=True) and DiceFocalLoss(softmax=True, to_onehot_y=True) (targets (N, 1, H, W)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+TARGET_VS_MONAI = 1.5
+TARGET_VS_SMP = 3.0
+STRETCH_VS_CE = 2.0
+
+
+@dataclass
+class Result:
+    name: str
+    group: str  # "focal", "dice", "focal+dice" or "floor"
+    owner: str  # "ours", "ours-unfused", "smp", "monai" or "torch"
+    ms: float | None = None
+    min_ms: float | None = None
+    repeats: int = 0
+    peak_bytes: int | None = None
+    error: str | None = None
+
+
+def build_cases(num_classes: int) -> list[tuple[str, str, str, Callable[[], LossFn]]]:
+    """(name, group, owner, factory) for every case; factories import lazily so a missing peer is skipped."""
+
+    def ce() -> LossFn:
+        return F.cross_entropy
+
+    def ours_focal() -> LossFn:
+        from seglosses.focal import FocalLoss
+
+        return FocalLoss(mode="multiclass", gamma=2.0)
+
+    def ours_dice() -> LossFn:
+        from seglosses.dice import DiceLoss
+
+        return DiceLoss(mode="multiclass")
+
+    def ours_focal_dice(fused: bool = True) -> LossFn:
+        from seglosses.combined import CombinedLoss
+        from seglosses.dice import DiceLoss
+        from seglosses.focal import FocalLoss
+
+        terms = {"focal": FocalLoss(mode="multiclass", gamma=2.0), "dice": DiceLoss(mode="multiclass")}
+        return CombinedLoss(terms, fused=fused)
+
+    def smp_focal() -> LossFn:
+        from segmentation_models_pytorch.losses import FocalLoss
+
+        return FocalLoss(mode="multiclass", gamma=2.0)
+
+    def smp_dice() -> LossFn:
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        return DiceLoss(mode="multiclass")
+
+    def smp_focal_dice() -> LossFn:
+        focal, dice = smp_focal(), smp_dice()
+        return lambda x, y: focal(x, y) + dice(x, y)
+
+    def monai(loss: torch.nn.Module) -> LossFn:
+        return lambda x, y: loss(x, y.unsqueeze(1))
+
+    def monai_focal() -> LossFn:
+        from monai.losses import FocalLoss
+
+        return monai(FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0))
+
+    def monai_dice() -> LossFn:
+        from monai.losses import DiceLoss
+
+        return monai(DiceLoss(softmax=True, to_onehot_y=True))
+
+    def monai_dice_focal() -> LossFn:
+        from monai.losses import DiceFocalLoss
+
+        return monai(DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0))
+
+    return [
+        ("F.cross_entropy", "floor", "torch", ce),
+        ("ours focal", "focal", "ours", ours_focal),
+        ("smp focal", "focal", "smp", smp_focal),
+        ("monai focal", "focal", "monai", monai_focal),
+        ("ours dice", "dice", "ours", ours_dice),
+        ("smp dice", "dice", "smp", smp_dice),
+        ("monai dice", "dice", "monai", monai_dice),
+        ("ours focal+dice", "focal+dice", "ours", ours_focal_dice),
+        ("ours focal+dice unfused", "focal+dice", "ours-unfused", lambda: ours_focal_dice(fused=False)),
+        ("smp focal+dice", "focal+dice", "smp", smp_focal_dice),
+        ("monai DiceFocal", "focal+dice", "monai", monai_dice_focal),
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(fn: LossFn, x: Tensor, y: Tensor) -> None:
+    x.grad = None
+    fn(x, y).backward()
+
+
+def time_cases(
+    fns: dict[str, LossFn], x: Tensor, y: Tensor, repeats: int, budget_s: float
+) -> dict[str, list[float]]:
+    """Milliseconds of forward+backward per case, timed round-robin (one pass of every case per round) so
+    that load from other processes hits every case alike; stops after ``repeats`` rounds, or after 3
+    rounds once ``budget_s`` seconds have passed. The cases must have run once before (warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for round_ in range(repeats):
+        if round_ >= 3 and time.perf_counter() - start > budget_s:
+            break
+        for name, fn in fns.items():
+            _sync(x.device)
+            t0 = time.perf_counter()
+            step(fn, x, y)
+            _sync(x.device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_memory(fn: LossFn, x: Tensor, y: Tensor) -> int | None:
+    """Bytes allocated during one forward+backward above the allocation level before it."""
+    x.grad = None
+    if x.device.type == "cuda":
+        _sync(x.device)
+        before = torch.cuda.memory_allocated(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        step(fn, x, y)
+        _sync(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(fn, x, y)
+    allocations: list[tuple[int, int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        extra = event.extra_fields
+        if type(extra).__name__ == "_ExtraFields_Allocation":
+            allocations.append((event.start_time_ns, extra.alloc_size, extra.total_allocated))
+        stack.extend(event.children)
+    if not allocations:
+        return None
+    allocations.sort()
+    _, first_size, first_total = allocations[0]
+    baseline = first_total - first_size  # running total before the first recorded event (0 in practice)
+    return max(0, max(total for _, _, total in allocations) - baseline)
+
+
+def run_size(size: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> list[Result]:
+    n, c, *spatial = size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(size, generator=g).to(device).requires_grad_(True)
+    y = torch.randint(0, c, (n, *spatial), generator=g).to(device)
+    results: dict[str, Result] = {}
+    fns: dict[str, LossFn] = {}
+    for name, group, owner, factory in build_cases(c):
+        r = results[name] = Result(name, group, owner)
+        try:
+            fn = factory()
+            if isinstance(fn, torch.nn.Module):
+                fn = fn.to(device)
+            r.peak_bytes = peak_memory(fn, x, y)  # also checks that the case runs
+            fns[name] = fn
+        except Exception as e:  # a peer that is missing or fails is reported, not fatal
+            r.error = f"{type(e).__name__}: {e}".splitlines()[0][:100]
+            print(f"  {name}: {r.error}", file=sys.stderr, flush=True)
+    for name, times in time_cases(fns, x, y, args.repeats, args.budget * len(fns)).items():
+        r = results[name]
+        r.ms, r.min_ms, r.repeats = statistics.median(times), min(times), len(times)
+    return list(results.values())
+
+
+def _mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+
+def table(size: tuple[int, ...], results: list[Result]) -> str:
+    input_bytes = 4 * torch.Size(size).numel()
+    lines = [
+        f"### {tuple(size)} float32, input {input_bytes / 2**20:.1f} MiB",
+        "",
+        "| loss | median ms (fwd+bwd) | min ms | runs | peak MiB | x input | time / F.cross_entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ce = next(r for r in results if r.group == "floor")
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.name} | failed: {r.error} | | | | | |")
+            continue
+        x_input = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / input_bytes:.1f}"
+        lines.append(
+            f"| {r.name} | {r.ms:.1f} | {r.min_ms:.1f} | {r.repeats} | {_mib(r.peak_bytes)} | {x_input} "
+            f"| {_ratio(r.ms, ce.ms)} |"
+        )
+    lines += [
+        "",
+        "| ours vs peer | speed-up (peer time / ours) | memory (peer peak / ours) |",
+        "|---|---:|---:|",
+    ]
+    by = {(r.group, r.owner): r for r in results if not r.error}
+    for group in ("focal", "dice", "focal+dice"):
+        ours = by.get((group, "ours"))
+        for owner in ("ours-unfused", "smp", "monai"):
+            peer = by.get((group, owner))
+            if ours is None or peer is None:
+                continue
+            lines.append(
+                f"| {ours.name} vs {peer.name} | {_ratio(peer.ms, ours.ms)} | "
+                f"{_ratio(peer.peak_bytes, ours.peak_bytes)} |"
+            )
+    ours = by.get(("focal+dice", "ours"))
+    if ours is not None:
+        lines.append("")
+        checks = [
+            ("monai", TARGET_VS_MONAI, "target"),
+            ("smp", TARGET_VS_SMP, "target"),
+        ]
+        for owner, factor, kind in checks:
+            peer = by.get(("focal+dice", owner))
+            if peer is None:
+                continue
+            fast = peer.ms / ours.ms >= factor
+            lean = None if None in (peer.peak_bytes, ours.peak_bytes) else ours.peak_bytes < peer.peak_bytes
+            verdict = "met" if fast and lean is not False else "MISSED"
+            lines.append(
+                f"- {kind}: ours focal+dice >= {factor}x faster than {peer.name} with less peak memory: "
+                f"{verdict} ({peer.ms / ours.ms:.2f}x, memory {_ratio(peer.peak_bytes, ours.peak_bytes)})"
+            )
+        if ce.ms is not None:
+            within = ours.ms <= STRETCH_VS_CE * ce.ms
+            lines.append(
+                f"- stretch: within {STRETCH_VS_CE}x of F.cross_entropy: {'met' if within else 'missed'} "
+                f"({ours.ms / ce.ms:.2f}x)"
+            )
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N,C,H,W (comma-separated), got {text!r}") from None
+    if len(size) < 3 or min(size) < 1 or size[1] < 2:
+        raise argparse.ArgumentTypeError(f"size must be N,C,*spatial with C >= 2 and all >= 1, got {text!r}")
+    return size
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(4, 12, 256, 256), (8, 12, 512, 512)],
+                   help="N,C,H,W (default: 4,12,256,256 8,12,512,512)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
+    p.add_argument("--budget", type=float, default=1.5,
+                   help="seconds per case after which timing stops at >= 3 rounds (default 1.5)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available")
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")  # peers' deprecation chatter would interleave with the table
+
+    load = ""
+    if hasattr(os, "getloadavg"):  # timings on a loaded machine are not comparable with quiet ones
+        load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"median of up to {args.repeats} rounds{load}\n")
+    for size in args.sizes:
+        print(f"running {size} ...", file=sys.stderr, flush=True)
+        results = run_size(size, args, device)
+        print(table(size, results) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,582 @@
+"""Focal loss (Lin et al., 2017) and cross-entropy for segmentation, exact and numerically stable.
+
+The hot paths (class-index targets from logits, binary/multilabel from logits) are
+:class:`torch.autograd.Function`\\ s that compute the analytic gradient in the forward pass and save
+only that gradient (one float32 tensor of the input's size). All terms are evaluated in log space,
+so loss and gradient stay finite for logits up to about 1e4 in magnitude and every ``gamma >= 0``,
+including ``0 < gamma < 1`` where ``(1 - p) ** gamma`` has an infinite derivative at ``p = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from seglosses._inputs import (
+    Prepared,
+    as_class_vector,
+    check_mode,
+    check_non_negative,
+    check_reduction,
+    prepare,
+)
+
+__all__ = ["CrossEntropyLoss", "FocalLoss", "focal_loss"]
+
+ClassValues = float | Sequence[float] | Tensor | None
+
+# Same clamps as F.binary_cross_entropy: log-probabilities >= -100, gradient denominators >= 1e-12.
+_LOG_MIN = -100.0
+_GRAD_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------------
+# autograd Functions
+# --------------------------------------------------------------------------------------------------
+
+
+def _focal_factors(l: Tensor, gamma: float, need_h: bool) -> tuple[Tensor, Tensor | None]:
+    """For log-probabilities ``l <= 0``: ``f = (1 - e^l)^gamma`` and ``h = -d(f * l)/dl``.
+
+    With ``p = e^l`` and ``r = -l / (1 - p)`` (-> 1 as ``l`` -> 0): ``h = f * (1 + gamma * p * r)``,
+    finite for every ``gamma >= 0`` because ``f * r`` never forms ``0 * inf``.
+    """
+    em1 = torch.expm1(l)  # p - 1, accurate near p = 1
+    f = em1.neg().pow_(gamma)  # pow(0, 0) = 1
+    if not need_h:
+        return f, None
+    r = l.div(em1).nan_to_num_(nan=1.0)  # 0 / 0 only at l = 0, where the limit is 1
+    h = em1.add_(1).mul_(r).mul_(gamma).add_(1).mul_(f)
+    return f, h
+
+
+class _SoftmaxFocal(torch.autograd.Function):
+    """Per-pixel softmax focal loss for class-index targets.
+
+    input (N, C, S) logits, target (N, S) int64, weight (N, S) or None -> loss (N, S).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, y: Tensor, w: Tensor | None, gamma: float) -> Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        logp = torch.log_softmax(x, dim=1)
+        y1 = y.unsqueeze(1)
+        l = logp.gather(1, y1).squeeze(1)
+        if gamma == 0:
+            loss = l.neg()
+            g = w  # None stands for all ones
+        else:
+            f, h = _focal_factors(l, gamma, need_grad)
+            loss = f.mul_(l).neg_()
+            g = h if w is None or h is None else h.mul_(w)
+        if w is not None:
+            loss = loss.mul_(w)
+        if need_grad:
+            # d loss / d z_j = w * h * (softmax_j - [j == y]), built in place on the log-softmax buffer
+            grad = logp.exp_()
+            if g is None:
+                src = torch.full_like(y1, -1, dtype=grad.dtype)
+            else:
+                grad.mul_(g.unsqueeze(1))
+                src = g.neg().unsqueeze(1)
+            grad.scatter_add_(1, y1, src)
+            ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.unsqueeze(1), None, None, None
+
+
+class _SigmoidFocal(torch.autograd.Function):
+    """Element-wise sigmoid focal loss.
+
+    x: (N, C, S) logits; t: (N, C, S) targets in [0, 1]; alpha, class_weight: (C,) or None;
+    valid: (N, C, S) bool or None; hard: whether every target is 0 or 1 -> loss (N, C, S).
+    Written to keep at most about five input-sized buffers alive at once.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        t: Tensor,
+        alpha: Tensor | None,
+        class_weight: Tensor | None,
+        valid: Tensor | None,
+        gamma: float,
+        hard: bool,
+    ) -> Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        nlp = F.softplus(x, beta=-1.0).neg_()  # -log p = softplus(-x)
+        nln = F.softplus(x)  # -log(1 - p); both accurate where they are tiny
+        bce = torch.lerp(nln, nlp, t)  # -(t log p + (1 - t) log(1 - p)), exact at t in {0, 1}
+        grad = None
+        if gamma == 0:
+            del nln
+            if need_grad:
+                grad = nlp.neg_().exp_().sub_(t)  # sigmoid(x) - t
+            loss = bce
+        else:
+            # log q = log(1 - p_t), 1 - p_t = (1 - t) p + t (1 - p); finite for any finite logit
+            if hard:
+                logq = torch.lerp(nlp, nln, t).neg_()
+            else:
+                logq = torch.log1p(t.neg()).sub_(nlp)
+                torch.logaddexp(logq, torch.log(t).sub_(nln), out=logq)
+            if need_grad:
+                # f * [gamma (1 - 2t) p (1 - p) / q * bce + p - t]; the ratio p (1 - p) / q <= 1
+                # comes from log space, so no 0 * inf even where f -> 0 for gamma < 1
+                grad = (nlp + nln).add_(logq).neg_().exp_()
+                del nln
+                grad.mul_(bce).mul_(gamma)
+                grad.addcmul_(grad, t, value=-2.0)
+                grad.add_(nlp.neg_().exp_()).sub_(t)
+            else:
+                del nln
+            del nlp
+            f = logq.mul_(gamma).exp_()
+            if grad is not None:
+                grad.mul_(f)
+            loss = bce.mul_(f)
+            del f, logq
+        weight = None
+        if alpha is not None:
+            a = alpha.view(1, -1, 1)
+            weight = torch.lerp(1 - a, a, t)  # alpha_t = alpha t + (1 - alpha)(1 - t)
+        if class_weight is not None:
+            cw = class_weight.view(1, -1, 1)
+            weight = cw if weight is None else weight.mul_(cw)
+        if valid is not None:
+            weight = valid if weight is None else weight.mul_(valid)
+        if weight is not None:
+            loss = loss.mul_(weight)
+            if grad is not None:
+                grad.mul_(weight)
+        if need_grad:
+            ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None, None, None, None, None
+
+
+class _FocalOfLogProb(torch.autograd.Function):
+    """Element-wise ``-(1 - e^l)^gamma * l`` for log-probabilities ``l``, with a finite gradient."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, l: Tensor, gamma: float) -> Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        f, h = _focal_factors(l, gamma, need_grad)
+        if need_grad:
+            ctx.save_for_backward(h)
+        return f.mul_(l).neg_()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
+        (h,) = ctx.saved_tensors
+        return -h * grad_out, None
+
+
+class _FocalOfProb(torch.autograd.Function):
+    """Element-wise ``-(1 - p)^gamma * max(log p, -100)`` for probabilities ``p`` in [0, 1].
+
+    The derivative of ``log p`` uses ``1 / max(p, 1e-12)`` (as F.binary_cross_entropy does), so the
+    gradient is finite at ``p = 0``; the focal factor's part uses the bounded ratio ``-log p / (1 - p)``.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, p: Tensor, gamma: float) -> Tensor:
+        log_p = torch.log(p).clamp_(min=_LOG_MIN)
+        one_minus = 1 - p
+        f = one_minus.pow(gamma)
+        if ctx.needs_input_grad[0]:
+            r = torch.where(one_minus == 0, torch.ones_like(p), log_p.neg() / one_minus)
+            ctx.save_for_backward(f * (r.mul_(gamma) + p.clamp(min=_GRAD_EPS).reciprocal_()))
+        return f.mul_(log_p).neg_()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
+        (neg_grad,) = ctx.saved_tensors
+        return -neg_grad * grad_out, None
+
+
+class _SigmoidFocalOfProb(torch.autograd.Function):
+    """Element-wise binary focal loss of probabilities ``p`` and targets ``t`` (same shape), logs
+    clamped at -100 and the BCE gradient's denominator at 1e-12 like F.binary_cross_entropy."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, p: Tensor, t: Tensor, gamma: float) -> Tensor:
+        lp = torch.log(p).clamp_(min=_LOG_MIN)
+        ln = torch.log1p(-p).clamp_(min=_LOG_MIN)
+        bce = torch.lerp(ln, lp, t).neg_()
+        q = torch.lerp(p, 1 - p, t)  # 1 - p_t
+        f = q.pow(gamma)
+        if ctx.needs_input_grad[0]:
+            dbce = (p - t).div_((p * (1 - p)).clamp_(min=_GRAD_EPS))
+            # d f / d p * bce = gamma (1 - 2t) f * bce / q; bce / q stays bounded as q -> 0
+            ratio = torch.where(q > 0, bce / q, torch.ones_like(q))
+            grad = ratio.mul_(t * -2 + 1).mul_(gamma).add_(dbce).mul_(f)
+            ctx.save_for_backward(grad)
+        return f.mul_(bce)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# functional API
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_gamma(gamma: float) -> None:
+    check_non_negative("gamma", gamma)
+    if not math.isfinite(gamma):
+        raise ValueError(f"gamma must be finite, got {gamma}")
+
+
+def _check_class_values(name: str, value: ClassValues, mode: str) -> None:
+    """Checks that need no class count: a number or 1-D values, finite, >= 0; <= 1 for sigmoid alpha."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, Sequence, Tensor)):
+        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}")
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}") from e
+    if t.ndim > 1:
+        raise ValueError(
+            f"{name} must be a number or a 1-D sequence of per-class values, got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
+    if name == "alpha" and mode != "multiclass":
+        if (t > 1).any():
+            raise ValueError(
+                f"{mode} alpha weighs positives by alpha and negatives by 1 - alpha, so it "
+                f"must lie in [0, 1], got {t.tolist()}"
+            )
+        if mode == "binary" and t.numel() != 1:
+            raise ValueError(f"binary alpha must be a single number in [0, 1], got {t.tolist()}")
+
+
+def _mean(total: Tensor, denom: Tensor | int) -> Tensor:
+    """``total / denom`` with 0 (not NaN) when nothing counts (all pixels ignored or zero weight)."""
+    if isinstance(denom, int):
+        return total / denom if denom > 0 else total
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _reduce(loss: Tensor, reduction: str, denom: Tensor | int, out_shape: tuple[int, ...]) -> Tensor:
+    if reduction == "none":
+        return loss.reshape(out_shape)
+    total = loss.sum()
+    return total if reduction == "sum" else _mean(total, denom)
+
+
+def _multiclass(
+    prep: Prepared, gamma: float, alpha: Tensor | None, reduction: str, from_logits: bool
+) -> Tensor:
+    x, n, s = prep.input, prep.input.shape[0], prep.input.shape[2]
+    out_shape = (n, *prep.spatial_shape)
+    if not prep.index_target:
+        # probability targets: -sum_c alpha_c t_c (1 - p_c)^gamma log p_c;
+        # "mean" divides by the pixel count, like F.cross_entropy
+        t = prep.target if alpha is None else prep.target * alpha.view(1, -1, 1)
+        if from_logits:
+            terms = _FocalOfLogProb.apply(torch.log_softmax(x, dim=1), gamma)
+        else:
+            terms = _FocalOfProb.apply(x, gamma)
+        return _reduce((terms * t).sum(1), reduction, n * s, out_shape)
+
+    y = prep.target
+    w = None if alpha is None else alpha[y]
+    if prep.valid is not None:
+        w = prep.valid.to(x.dtype) if w is None else w * prep.valid
+    if from_logits:
+        loss = _SoftmaxFocal.apply(x, y, w, gamma)
+    else:
+        loss = _FocalOfProb.apply(x.gather(1, y.unsqueeze(1)).squeeze(1), gamma)
+        if w is not None:
+            loss = loss * w
+    # "mean" divides by the summed weights of the counted pixels, as F.cross_entropy(weight=...) does
+    denom = n * s if w is None else w.sum()
+    return _reduce(loss, reduction, denom, out_shape)
+
+
+def _sigmoid(
+    prep: Prepared,
+    gamma: float,
+    alpha: Tensor | None,
+    class_weight: Tensor | None,
+    reduction: str,
+    from_logits: bool,
+) -> Tensor:
+    x, t = prep.input, prep.target
+    if from_logits:
+        hard = gamma > 0 and not bool(torch.count_nonzero(t.frac()))
+        loss = _SigmoidFocal.apply(x, t, alpha, class_weight, prep.valid, gamma, hard)
+    else:
+        loss = _SigmoidFocalOfProb.apply(x, t, gamma)
+        if alpha is not None:
+            a = alpha.view(1, -1, 1)
+            loss = loss * torch.lerp(1 - a, a, t)
+        if class_weight is not None:
+            loss = loss * class_weight.view(1, -1, 1)
+        if prep.valid is not None:
+            loss = loss * prep.valid
+    denom = x.numel() if prep.valid is None else prep.valid.sum()
+    return _reduce(loss, reduction, denom, prep.out_shape)
+
+
+def _focal_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mode: str,
+    gamma: float,
+    alpha: ClassValues,
+    weight: ClassValues,
+    ignore_index: int | None,
+    reduction: str,
+    from_logits: bool,
+) -> Tensor:
+    check_mode(mode)
+    check_reduction(reduction)
+    _check_gamma(gamma)
+    _check_class_values("alpha", alpha, mode)
+    _check_class_values("weight", weight, mode)
+    if isinstance(target, Tensor) and target.requires_grad:
+        raise ValueError(
+            "target requires grad, but gradients with respect to the target are not "
+            "supported; pass target.detach()"
+        )
+    prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
+    c = prep.num_classes
+    alpha_vec = as_class_vector("alpha", alpha, c, prep.input)
+    weight_vec = as_class_vector("weight", weight, c, prep.input)
+    gamma = float(gamma)
+    if mode == "multiclass":
+        if alpha_vec is not None and weight_vec is not None:
+            alpha_vec = alpha_vec * weight_vec
+        elif weight_vec is not None:
+            alpha_vec = weight_vec
+        return _multiclass(prep, gamma, alpha_vec, reduction, from_logits)
+    return _sigmoid(prep, gamma, alpha_vec, weight_vec, reduction, from_logits)
+
+
+def focal_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "multiclass",
+    gamma: float = 2.0,
+    alpha: ClassValues = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    from_logits: bool = True,
+) -> Tensor:
+    r"""Focal loss, ``FL = -alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., 2017).
+
+    Args:
+        input: logits (or probabilities if ``from_logits=False``).
+            multiclass: (N, C, \*); binary: (N, \*) or (N, 1, \*); multilabel: (N, C, \*).
+            ``*`` is any number of spatial dims, including none. fp16/bf16 are computed in float32.
+        target: multiclass: (N, \*) int64 class indices or (N, C, \*) class probabilities;
+            binary/multilabel: the input's shape, values in [0, 1] (soft labels allowed).
+        mode: ``"multiclass"`` (softmax over dim 1), ``"binary"`` or ``"multilabel"`` (sigmoid).
+        gamma: focusing parameter >= 0; 0 gives cross-entropy.
+        alpha: multiclass: None, a number or C per-class weights (``alpha[y]`` multiplies a
+            pixel's loss). binary/multilabel: None or a number in [0, 1] (multilabel also C values,
+            one per channel) weighting positives by ``alpha`` and negatives by ``1 - alpha``.
+        ignore_index: target value whose pixels (multiclass index targets) or elements
+            (binary/multilabel) contribute neither loss nor gradient.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+            ``"none"``: per-pixel losses, shape (N, \*) in multiclass mode, else the input's shape.
+            ``"mean"``: multiclass index targets divide the sum by the sum of ``alpha[y]`` over
+            non-ignored pixels (like ``F.cross_entropy(weight=alpha)``, so a scalar alpha cancels);
+            multiclass probability targets divide by N times the number of pixels;
+            binary/multilabel divide by the number of non-ignored elements. If nothing counts
+            (every pixel ignored), ``"mean"`` returns 0 with zero gradient, where
+            ``F.cross_entropy`` returns NaN.
+        from_logits: if False, ``input`` holds probabilities in [0, 1] (softmax outputs in
+            multiclass mode); logs are clamped at -100 as in ``F.binary_cross_entropy``.
+
+    Returns:
+        A scalar, or per-pixel losses for ``reduction="none"``; float32 for fp16/bf16 input.
+
+    Raises:
+        ValueError: unknown mode or reduction, negative or non-finite gamma, alpha of the wrong
+            length, negative, or (binary/multilabel) outside [0, 1], and every shape, dtype and
+            range check of :func:`seglosses._inputs.prepare`.
+
+    With ``gamma=0`` and multiclass index targets this is
+    ``F.cross_entropy(input, target, weight=alpha, ignore_index=ignore_index)``; binary with
+    ``gamma=2, alpha=0.25`` equals ``torchvision.ops.sigmoid_focal_loss``.
+    """
+    return _focal_loss(
+        input,
+        target,
+        mode=mode,
+        gamma=gamma,
+        alpha=alpha,
+        weight=None,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        from_logits=from_logits,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_buffer(value: ClassValues) -> ClassValues:
+    """Per-class values become a float tensor (a buffer, so ``.to(device)`` moves it)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return torch.as_tensor(value, dtype=torch.float32).detach().clone()
+
+
+class FocalLoss(nn.Module):
+    r"""Module form of :func:`focal_loss`; see it for shapes and semantics.
+
+    ``gamma`` is a plain attribute, so a training callback may set ``loss.gamma`` between steps.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "multiclass",
+        gamma: float = 2.0,
+        alpha: ClassValues = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        from_logits: bool = True,
+    ) -> None:
+        super().__init__()
+        check_mode(mode)
+        check_reduction(reduction)
+        _check_gamma(gamma)
+        _check_class_values("alpha", alpha, mode)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        self.mode = mode
+        self.gamma = gamma
+        alpha = _as_buffer(alpha)
+        if isinstance(alpha, Tensor):
+            self.register_buffer("alpha", alpha, persistent=False)
+        else:
+            self.alpha = alpha
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.from_logits = from_logits
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return _focal_loss(
+            input,
+            target,
+            mode=self.mode,
+            gamma=self.gamma,
+            alpha=self.alpha,
+            weight=None,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            from_logits=self.from_logits,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, gamma={self.gamma}, alpha={_short(self.alpha)}, "
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"from_logits={self.from_logits}"
+        )
+
+
+def _short(value: ClassValues) -> str:
+    return repr(value.tolist()) if isinstance(value, Tensor) else repr(value)
+
+
+class CrossEntropyLoss(FocalLoss):
+    r"""Cross-entropy: :class:`FocalLoss` with ``gamma`` fixed at 0 and per-class ``weight``.
+
+    multiclass: equals ``F.cross_entropy(input, target, weight=weight, ignore_index=...)`` (index
+    or probability targets), except that an all-ignored ``"mean"`` gives 0 instead of NaN.
+    binary/multilabel: equals ``F.binary_cross_entropy_with_logits(input, target, weight=w)`` with
+    ``w`` the per-class ``weight`` broadcast over channel dim 1 (a number in binary mode);
+    ``"mean"`` divides by the number of non-ignored elements.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "multiclass",
+        weight: ClassValues = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        from_logits: bool = True,
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            gamma=0.0,
+            alpha=None,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            from_logits=from_logits,
+        )
+        _check_class_values("weight", weight, mode)
+        weight = _as_buffer(weight)
+        if isinstance(weight, Tensor):
+            self.register_buffer("weight", weight, persistent=False)
+        else:
+            self.weight = weight
+
+    @property
+    def gamma(self) -> float:
+        return 0.0
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        if value != 0:
+            raise ValueError(
+                f"CrossEntropyLoss has gamma fixed at 0, got gamma={value!r}; "
+                "use FocalLoss for gamma > 0 or a gamma schedule"
+            )
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return _focal_loss(
+            input,
+            target,
+            mode=self.mode,
+            gamma=0.0,
+            alpha=None,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            from_logits=self.from_logits,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"mode={self.mode!r}, weight={_short(self.weight)}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, from_logits={self.from_logits}"
+        )
