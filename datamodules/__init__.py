@@ -1,0 +1,32 @@
+"""LightningDataModules (synthetic default, image/mask folders, CamVid preset), label statistics,
+class weights."""
+
+from .base import SegDataModule, collate_samples, seed_worker
+from .class_weights import compute_class_weights, print_class_weights, weights_from_statistics
+from .dataset import FolderDataset, SegmentationDataset
+from .folder import FolderDataModule
+from .labels import LabelSpec
+from .pairing import SamplePair, find_pairs
+from .statistics import LabelStatistics, count_labels
+from .synthetic import SHAPES, SyntheticDataModule, SyntheticDataset, render_sample
+
+__all__ = [
+    "SHAPES",
+    "FolderDataModule",
+    "FolderDataset",
+    "LabelSpec",
+    "LabelStatistics",
+    "SamplePair",
+    "SegDataModule",
+    "SegmentationDataset",
+    "SyntheticDataModule",
+    "SyntheticDataset",
+    "collate_samples",
+    "compute_class_weights",
+    "count_labels",
+    "find_pairs",
+    "print_class_weights",
+    "render_sample",
+    "seed_worker",
+    "weights_from_statistics",
+]

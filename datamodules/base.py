@@ -1,0 +1,226 @@
+"""Common part of the project's LightningDataModules: label metadata, loaders, seeding, statistics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, default_collate, get_worker_info
+
+from .dataset import SegmentationDataset, Transform
+from .labels import LabelSpec
+from .statistics import LabelStatistics, cached_statistics, default_cache_dir
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python, NumPy and the data set's albumentations pipeline.
+
+    ``torch.initial_seed()`` in a worker is the loader's base seed (drawn from the loader's generator,
+    itself seeded from ``datamodule.seed``) plus the worker id, so every worker augments differently
+    and a run is reproducible. Without this, forked workers share one copy of the pipeline's random
+    state and apply identical augmentations.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (legacy global state that third-party code may use)
+    info = get_worker_info()
+    dataset = info.dataset if info is not None else None
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` with a clear error when the images of a batch differ in size."""
+    sizes = {tuple(s["image"].shape) for s in samples}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{s['name']}: {tuple(s['image'].shape[1:])}" for s in samples[:4])
+        raise ValueError(
+            f"images of one batch differ in size ({shown}); use a pipeline that crops/resizes to a fixed "
+            "size, or datamodule.eval_batch_size=1"
+        )
+    return default_collate(samples)
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Base class of :class:`~datamodules.SyntheticDataModule` and :class:`~datamodules.FolderDataModule`.
+
+    The label metadata is stored under the config key names (``num_classes``, ``class_names``,
+    ``ignore_index``, ``mode``, ``in_channels``) so that other configs interpolate
+    ``${datamodule.num_classes}`` etc. Batches are dicts: ``image`` float32 (B, in_channels, H, W),
+    ``mask`` int64 (B, H, W) (multilabel: (B, C, H, W) {0, 1}) with ignore_index kept, ``name`` list[str].
+
+    Args:
+        num_classes: model output channels (binary: 1).
+        class_names: one name per class (default ``class_0 ...``).
+        ignore_index: mask value to ignore, or None.
+        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
+        in_channels: 1 or 3.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: DataLoader workers (also used by the statistics pass).
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch.
+        train_transform: albumentations pipeline for training (image and mask together).
+        eval_transform: pipeline for validation/test (normalise, pad to a multiple of 32).
+        mean, std: normalisation used by the pipelines (kept to undo it for visualisation).
+        seed: seeds shuffling, worker seeds and the augmentation pipelines.
+        stats_cache_dir: where label statistics are cached (None: :func:`default_cache_dir`).
+        progress: show a progress bar in the statistics pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = 255,
+        mode: str = "multiclass",
+        in_channels: int = 3,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+        stats_cache_dir: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.labels = LabelSpec(mode, num_classes, ignore_index)
+        if in_channels not in (1, 3):
+            raise ValueError(f"datamodule.in_channels must be 1 or 3, got {in_channels!r}")
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(num_classes)]
+        class_names = [str(n) for n in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"datamodule.class_names has {len(class_names)} names but num_classes={num_classes}: "
+                f"{class_names}"
+            )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"datamodule.{name} must be an int >= 1, got {value!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"datamodule.num_workers must be an int >= 0, got {num_workers!r}")
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.ignore_index = ignore_index
+        self.mode = mode
+        self.in_channels = in_channels
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
+        self.seed = seed
+        self.stats_cache_dir = stats_cache_dir
+        self.progress = progress
+        self.datasets: dict[str, SegmentationDataset] = {}
+        for t in (train_transform, eval_transform):
+            if hasattr(t, "set_random_seed"):
+                t.set_random_seed(seed)
+
+    # -- data sets --------------------------------------------------------------------------------------
+    def make_dataset(self, split: str) -> SegmentationDataset:
+        """The data set of ``split`` ("train", "val" or "test") with its pipeline."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (and validate) the data sets a Lightning stage needs; None builds all three."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in needed.get(stage or "", ("train", "val", "test")):
+            self.dataset(split)
+
+    def dataset(self, split: str) -> SegmentationDataset:
+        """The data set of ``split``, built on first use."""
+        if split not in self.datasets:
+            self.datasets[split] = self.make_dataset(split)
+        return self.datasets[split]
+
+    # -- loaders ----------------------------------------------------------------------------------------
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed + (0 if train else 1)),
+            collate_fn=collate_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    # -- label statistics -------------------------------------------------------------------------------
+    def statistics_key(self) -> dict[str, Any]:
+        """JSON-serialisable identity of the training masks (file list and mtimes, or generator)."""
+        raise NotImplementedError
+
+    def compute_label_statistics(self) -> LabelStatistics:
+        """One uncached pass over the training masks."""
+        raise NotImplementedError
+
+    def label_statistics(
+        self, cache_dir: str | Path | None = None, *, use_cache: bool = True
+    ) -> LabelStatistics:
+        """Per-class statistics of the TRAIN split's masks, before augmentation, ignore_index excluded.
+
+        Cached in ``cache_dir`` (default: ``stats_cache_dir``, else :func:`default_cache_dir`) under a name
+        derived from the file list, modification times and label encoding; ``use_cache=False`` recomputes.
+
+        DDP: when ``torch.distributed`` is initialised, rank 0 computes (or loads) and broadcasts. Before
+        that (the usual case: called before ``trainer.fit``), every rank computes the same integer counts
+        from the same files, so the result is identical on every rank; the cache is written atomically.
+        """
+        cache = None
+        if use_cache:
+            cache = Path(cache_dir or self.stats_cache_dir or default_cache_dir()).expanduser()
+
+        def compute() -> LabelStatistics:
+            return cached_statistics(self.statistics_key(), self.compute_label_statistics, cache)
+
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            box: list[Any] = [compute() if dist.get_rank() == 0 else None]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+        return compute()
+
+    def label_spec_key(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "class_names": list(self.class_names),
+        }

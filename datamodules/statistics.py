@@ -1,0 +1,210 @@
+"""Label statistics of a training split: one vectorised pass over the masks, cached on disk.
+
+Determinism (what makes the result identical on every DDP rank): counts are integer sums of per-mask
+``bincount`` results, so they do not depend on worker count or order; the cache file name is a SHA-256
+of the cache key (the data set's file list with modification times and sizes, or the generator
+parameters, plus the label encoding), and the file is written to a temporary name and moved into place
+with ``os.replace``, so a reader sees either no file or a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+CACHE_VERSION = 1
+CountFn = Callable[[Any], tuple[np.ndarray, int, int]]
+
+
+@dataclass(frozen=True, eq=False)
+class LabelStatistics:
+    """Per-class pixel statistics of a split (before augmentation, ignore_index excluded).
+
+    Attributes:
+        class_names: C names.
+        pixel_counts: (C,) int64, pixels of each class (multilabel/binary: pixels where the class is on).
+        image_pixel_counts: (C,) int64, sum over the images that contain class c of their labelled
+            (non-ignored) pixels: the denominator of median-frequency balancing.
+        num_images: number of masks counted.
+        total_pixels: all mask pixels, ignored ones included.
+        ignored_pixels: pixels equal to ignore_index.
+    """
+
+    class_names: tuple[str, ...]
+    pixel_counts: Tensor
+    image_pixel_counts: Tensor
+    num_images: int
+    total_pixels: int
+    ignored_pixels: int
+
+    @property
+    def labelled_pixels(self) -> int:
+        """Pixels that are not ignore_index."""
+        return self.total_pixels - self.ignored_pixels
+
+    @property
+    def frequencies(self) -> Tensor:
+        """(C,) float64 ``pixel_counts / labelled_pixels`` (sums to 1 in multiclass mode)."""
+        return self.pixel_counts.to(torch.float64) / max(self.labelled_pixels, 1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelStatistics) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names),
+            "pixel_counts": self.pixel_counts.tolist(),
+            "image_pixel_counts": self.image_pixel_counts.tolist(),
+            "num_images": self.num_images,
+            "total_pixels": self.total_pixels,
+            "ignored_pixels": self.ignored_pixels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelStatistics:
+        return cls(
+            class_names=tuple(d["class_names"]),
+            pixel_counts=torch.tensor(d["pixel_counts"], dtype=torch.int64),
+            image_pixel_counts=torch.tensor(d["image_pixel_counts"], dtype=torch.int64),
+            num_images=int(d["num_images"]),
+            total_pixels=int(d["total_pixels"]),
+            ignored_pixels=int(d["ignored_pixels"]),
+        )
+
+
+class _CountDataset(Dataset):
+    def __init__(self, items: Sequence[Any], count_fn: CountFn) -> None:
+        self.items = items
+        self.count_fn = count_fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
+        return self.count_fn(self.items[index])
+
+
+def _no_collate(x: Any) -> Any:
+    return x
+
+
+def count_labels(
+    items: Sequence[Any],
+    count_fn: CountFn,
+    class_names: Sequence[str],
+    *,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "label statistics",
+) -> LabelStatistics:
+    """Count labels of ``items`` in one pass, in parallel over ``num_workers`` processes.
+
+    Args:
+        items: one entry per mask (a file pair, an index ...), handed to ``count_fn``.
+        count_fn: picklable ``count_fn(item) -> (counts (C,) int64, ignored_pixels, total_pixels)``;
+            it validates the mask and raises naming the file on bad values.
+        class_names: C names.
+        num_workers: DataLoader worker processes (0: in this process).
+        progress: show a rich progress bar.
+    """
+    from rich.progress import track
+
+    c = len(class_names)
+    pixel = np.zeros(c, dtype=np.int64)
+    image_pixel = np.zeros(c, dtype=np.int64)
+    total = ignored = 0
+    loader = DataLoader(
+        _CountDataset(items, count_fn),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_no_collate,
+    )
+    for counts, ign, tot in track(
+        loader, description=description, total=len(items), disable=not progress, transient=True
+    ):
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (c,):
+            raise ValueError(f"count_fn returned counts of shape {counts.shape}, expected ({c},)")
+        pixel += counts
+        image_pixel += (counts > 0) * (tot - ign)
+        total += int(tot)
+        ignored += int(ign)
+    return LabelStatistics(
+        class_names=tuple(class_names),
+        pixel_counts=torch.from_numpy(pixel),
+        image_pixel_counts=torch.from_numpy(image_pixel),
+        num_images=len(items),
+        total_pixels=total,
+        ignored_pixels=ignored,
+    )
+
+
+def cache_key_digest(key: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of a JSON-serialisable cache key (stable across processes and runs)."""
+    blob = json.dumps({"version": CACHE_VERSION, "key": key}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: Mapping[str, Any]) -> Path:
+    """The cache file for ``key`` in ``cache_dir``."""
+    return Path(cache_dir).expanduser() / f"label_stats-{cache_key_digest(key)[:24]}.json"
+
+
+def cached_statistics(
+    key: Mapping[str, Any], compute: Callable[[], LabelStatistics], cache_dir: str | Path | None
+) -> LabelStatistics:
+    """Load the statistics for ``key`` from ``cache_dir``, or compute and store them atomically.
+
+    ``cache_dir=None`` computes without caching. A changed key (another file, another modification
+    time) gives another file name, so stale entries are never read.
+    """
+    if cache_dir is None:
+        return compute()
+    path = cache_path(cache_dir, key)
+    digest = cache_key_digest(key)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("digest") == digest:
+                return LabelStatistics.from_dict(data["statistics"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"ignoring unreadable label statistics cache {path}: {e}", stacklevel=2)
+    stats = compute()
+    _write_atomic(path, {"digest": digest, "statistics": stats.to_dict()})
+    return stats
+
+
+def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_cache_dir() -> Path:
+    """``$IMBALANCED_SEG_CACHE``, else ``$XDG_CACHE_HOME/imbalanced_seg``, else ``~/.cache/...``."""
+    env = os.environ.get("IMBALANCED_SEG_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "imbalanced_seg"
