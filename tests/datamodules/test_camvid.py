@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from conftest import CAMVID, compose_config
 from hydra.utils import instantiate
+
+from tests.datamodules.helpers import CAMVID, compose_config
 
 pytestmark = pytest.mark.skipif(
     not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (see /work/shared/data/README.md)"

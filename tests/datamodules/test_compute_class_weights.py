@@ -33,8 +33,9 @@ def test_weights_json_and_table(dm, tmp_path, capsys):
 
 
 def test_hydra_partial_from_config(dm, tmp_path):
-    from conftest import compose_config
     from hydra.utils import instantiate
+
+    from tests.datamodules.helpers import compose_config
 
     cfg = compose_config(["+class_weights=inverse"])
     weights = compute_class_weights(dm, instantiate(cfg.class_weights), None, cache_dir=tmp_path, show=False)

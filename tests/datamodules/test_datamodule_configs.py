@@ -1,8 +1,8 @@
 import pytest
-from conftest import CAMVID, compose_config
 from hydra.utils import instantiate
 
 from datamodules import FolderDataModule, SyntheticDataModule
+from tests.datamodules.helpers import CAMVID, compose_config
 
 METHODS = ["inverse", "inverse_sqrt", "median_frequency", "enet", "effective_number"]
 

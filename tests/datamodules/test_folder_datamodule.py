@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pair
 from PIL import Image
 
 from datamodules import FolderDataModule
+from tests.datamodules.helpers import write_pair
 
 
 def _dm(root, **kw):

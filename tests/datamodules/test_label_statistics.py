@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import brute_force_counts
 from PIL import Image
 
 from datamodules import FolderDataModule, SyntheticDataModule
 from datamodules.statistics import cache_path
+from tests.datamodules.helpers import brute_force_counts
 
 
 def _dm(root, **kw):
@@ -31,7 +31,7 @@ def test_folder_statistics_equal_brute_force(make_folder_dataset):
 
 
 def test_absent_class_has_zero_image_pixels(tmp_path: Path):
-    from conftest import write_pair
+    from tests.datamodules.helpers import write_pair
 
     write_pair(tmp_path, "train", "a", np.array([[0, 0], [1, 255]], np.uint8))
     write_pair(tmp_path, "train", "b", np.array([[0, 0, 0]], np.uint8))

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_pair
 
 from datamodules.pairing import find_pairs, pairs_from_folders
+from tests.datamodules.helpers import write_pair
 
 
 def _mask():

@@ -24,8 +24,9 @@ def test_deterministic_per_seed():
 
 
 def test_training_batches_are_reproducible_with_augmentation():
-    from conftest import compose_config
     from hydra.utils import instantiate
+
+    from tests.datamodules.helpers import compose_config
 
     cfg = compose_config(["+datamodule=synthetic", "datamodule.num_train=8", "datamodule.batch_size=4"])
 

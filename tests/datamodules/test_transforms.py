@@ -4,10 +4,10 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, write_pair
 from hydra.utils import instantiate
 
 from datamodules import FolderDataModule
+from tests.datamodules.helpers import compose_config, write_pair
 
 
 def _pattern(h: int, w: int) -> np.ndarray:

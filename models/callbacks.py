@@ -1,0 +1,214 @@
+"""Training callbacks: focal gamma schedule, and a PNG grid of validation predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from seglosses.focal import CrossEntropyLoss, FocalLoss
+
+__all__ = ["GammaScheduleCallback", "PredictionGridCallback", "color_palette", "focal_terms", "render_grid"]
+
+
+def focal_terms(module: nn.Module) -> list[FocalLoss]:
+    """Every :class:`seglosses.focal.FocalLoss` inside ``module`` whose gamma can change (not the
+    ``CrossEntropyLoss`` subclass, whose gamma is fixed at 0)."""
+    return [m for m in module.modules() if isinstance(m, FocalLoss) and not isinstance(m, CrossEntropyLoss)]
+
+
+class GammaScheduleCallback(pl.Callback):
+    """Sets ``gamma = schedule(epoch)`` on every focal term of the module's loss and logs ``train/gamma``.
+
+    Gamma is a function of the 0-based epoch only, so a run resumed from a checkpoint continues the
+    schedule where it stopped. It is applied at the start of every training epoch and of every
+    validation loop (so validation uses the gamma of the epoch it belongs to).
+
+    Args:
+        schedule: ``schedule(epoch) -> gamma``, e.g. :class:`seglosses.schedules.GammaSchedule`;
+            ``None`` disables the callback (losses without a focal term).
+
+    Raises:
+        ValueError: at fit start, when a schedule is given but the loss has no focal term.
+    """
+
+    def __init__(self, schedule: Callable[[int], float] | None) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def apply(self, pl_module: nn.Module, epoch: int) -> float | None:
+        """Set and return the gamma of ``epoch`` (``None`` without a schedule)."""
+        if self.schedule is None:
+            return None
+        gamma = float(self.schedule(epoch))
+        for term in focal_terms(pl_module):
+            term.gamma = gamma
+        return gamma
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule is not None and not focal_terms(pl_module):
+            raise ValueError(
+                "a gamma schedule is configured but the loss has no focal term "
+                f"({type(getattr(pl_module, 'loss', pl_module)).__name__}); set the schedule to null"
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        gamma = self.apply(pl_module, trainer.current_epoch)
+        if gamma is not None:
+            pl_module.log("train/gamma", gamma, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self.apply(pl_module, trainer.current_epoch)
+
+
+def color_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours: the PASCAL VOC palette (bits of the class id spread over R, G, B;
+    class 0 black)."""
+    palette = np.zeros((num_classes, 3), dtype=np.uint8)
+    for c in range(num_classes):
+        value, r, g, b = c, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette[c] = (r, g, b)
+    return palette
+
+
+IGNORE_COLOR = (255, 255, 255)
+GAP = 2
+HEADER = 14
+
+
+def _to_rgb(image: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    """(C, H, W) normalised float image -> (H, W, 3) uint8 for display."""
+    x = image.detach().float().cpu()
+    if mean is not None and std is not None and len(mean) == len(std) == x.shape[0]:
+        x = x * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+        if x.max() > 1.5:  # mean/std given in 0..255 units
+            x = x / 255.0
+    else:  # unknown normalisation: stretch each image to [0, 1]
+        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
+    x = x.clamp(0, 1)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return (x[:3].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _colorize(mask: Tensor, palette: np.ndarray) -> np.ndarray:
+    m = mask.detach().cpu().long().numpy()
+    out = np.empty((*m.shape, 3), dtype=np.uint8)
+    valid = (m >= 0) & (m < len(palette))
+    out[valid] = palette[m[valid]]
+    out[~valid] = IGNORE_COLOR  # ignore_index (and anything else outside the classes)
+    return out
+
+
+def render_grid(
+    images: Tensor,
+    masks: Tensor,
+    preds: Tensor,
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    min_tile: int = 128,
+) -> Image.Image:
+    """One row per sample: image | ground truth | prediction, masks coloured by :func:`color_palette`
+    (ignored pixels white). ``images`` (N, C, H, W) float, ``masks``/``preds`` (N, H, W) int.
+    Tiles are enlarged by an integer factor to at least ``min_tile`` pixels (nearest neighbour)."""
+    n, _, h, w = images.shape
+    scale = max(1, -(-min_tile // max(h, w)))
+    th, tw = h * scale, w * scale
+    palette = color_palette(max(num_classes, 2))
+    grid = Image.new("RGB", (3 * tw + 4 * GAP, HEADER + n * (th + GAP) + GAP), (40, 40, 40))
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(("image", "ground truth", "prediction")):
+        draw.text((GAP + j * (tw + GAP) + 2, 1), title, fill=(255, 255, 255))
+    for i in range(n):
+        tiles = (_to_rgb(images[i], mean, std), _colorize(masks[i], palette), _colorize(preds[i], palette))
+        for j, tile in enumerate(tiles):
+            img = Image.fromarray(tile).resize((tw, th), Image.Resampling.NEAREST)
+            grid.paste(img, (GAP + j * (tw + GAP), HEADER + GAP + i * (th + GAP)))
+    return grid
+
+
+class PredictionGridCallback(pl.Callback):
+    """Saves ``<dirpath>/val_epoch<NNN>.png``: the first ``num_samples`` validation images with their
+    ground truth and predictions, every ``every_n_epochs`` epochs (rank 0; not during the sanity check).
+
+    Args:
+        dirpath: output folder (default ``<trainer.default_root_dir>/predictions``).
+        num_samples: images in the grid.
+        every_n_epochs: save every n-th validation epoch (the last epoch is always saved).
+
+    Predictions come from the ``"preds"`` entry of ``validation_step``'s output
+    (:class:`~models.SegmentationModule`) or, failing that, from the argmax of the module's output.
+    Images are de-normalised with the datamodule's ``mean``/``std`` when it has them.
+    """
+
+    def __init__(self, dirpath: str | None = None, num_samples: int = 4, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
+        self.dirpath = dirpath
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self._samples: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.last_path: Path | None = None
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
+        return (epoch + 1) % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._samples = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        taken = sum(s[0].shape[0] for s in self._samples)
+        if dataloader_idx != 0 or taken >= self.num_samples or not self._active(trainer):
+            return
+        k = self.num_samples - taken
+        images, masks = batch["image"][:k], batch["mask"][:k]
+        if isinstance(outputs, dict) and "preds" in outputs:
+            preds = outputs["preds"][:k]
+        else:
+            with torch.no_grad():
+                preds = pl_module(images).argmax(dim=1)
+        self._samples.append((images.detach().cpu(), masks.detach().cpu(), preds.detach().cpu()))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._samples or not self._active(trainer) or not trainer.is_global_zero:
+            self._samples = []
+            return
+        images, masks, preds = (torch.cat(parts) for parts in zip(*self._samples, strict=True))
+        self._samples = []
+        dm = trainer.datamodule
+        num_classes = getattr(pl_module, "metric_classes", None) or int(preds.max()) + 1
+        grid = render_grid(
+            images, masks, preds, num_classes, getattr(dm, "mean", None), getattr(dm, "std", None)
+        )
+        folder = Path(self.dirpath or Path(trainer.default_root_dir) / "predictions")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.last_path = folder / f"val_epoch{trainer.current_epoch:03d}.png"
+        grid.save(self.last_path)

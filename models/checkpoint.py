@@ -1,0 +1,96 @@
+"""Loading weights from a checkpoint with a clear error when it does not match the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointMismatchError", "check_checkpoint", "load_checkpoint_weights", "read_checkpoint"]
+
+HPARAMS_CHECKED = ("mode", "num_classes", "class_names")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's weights or label metadata do not fit the model built from the config."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names the ``ckpt_path=`` override).
+        ValueError: the file is not a checkpoint with a ``state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (ckpt_path={path}); give the path of a .ckpt file, e.g. "
+            "<run dir>/checkpoints/last.ckpt"
+        )
+    try:
+        # Our own Lightning checkpoints hold optimizer/callback states besides tensors: not weights_only.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a PyTorch Lightning checkpoint (no 'state_dict' entry)")
+    return checkpoint
+
+
+def check_checkpoint(
+    module: nn.Module, checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
+) -> None:
+    """Raise :class:`CheckpointMismatchError` naming the cause if ``checkpoint`` cannot be loaded into
+    ``module`` strictly: different label metadata (mode, num_classes, class names, from the saved
+    hyperparameters), missing or unexpected weights (another architecture or encoder), or weights of
+    another shape (e.g. another number of classes or decoder width)."""
+    problems: list[str] = []
+    saved = checkpoint.get("hyper_parameters") or {}
+    current = getattr(module, "hparams", {}) or {}
+    for key in HPARAMS_CHECKED:
+        if key in saved and key in current and _plain(saved[key]) != _plain(current[key]):
+            problems.append(f"{key}: checkpoint {_plain(saved[key])!r}, model {_plain(current[key])!r}")
+
+    state = checkpoint["state_dict"]
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if shapes:
+        problems.append(f"{len(shapes)} weights differ in shape, e.g. " + "; ".join(shapes[:3]))
+    if missing:
+        problems.append(f"{len(missing)} weights of the model are missing, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights are not in the model, e.g. {unexpected[:3]}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not match the model built from the config:\n  - "
+            + "\n  - ".join(problems)
+            + "\nBuild the model with the options of the training run (model=, model.encoder_*, datamodule=, "
+            "see <run dir>/.hydra/config.yaml)."
+        )
+
+
+def load_checkpoint_weights(module: nn.Module, path: str | Path) -> dict[str, Any]:
+    """:func:`read_checkpoint`, :func:`check_checkpoint`, then load the weights strictly (and call the
+    module's ``on_load_checkpoint``, which restores e.g. focal gammas). Returns the checkpoint."""
+    checkpoint = read_checkpoint(path)
+    check_checkpoint(module, checkpoint, path)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    hook = getattr(module, "on_load_checkpoint", None)
+    if callable(hook):
+        hook(checkpoint)
+    return checkpoint
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

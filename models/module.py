@@ -1,0 +1,275 @@
+"""LightningModule for semantic segmentation: network + loss from config, loss terms and per-class metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import rich
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from models.metrics import SegmentationMetrics, metric_logs
+from models.report import print_class_table, summarize
+
+__all__ = ["SegmentationModule"]
+
+SUPPORTED_MODES = ("binary", "multiclass")
+EVAL_STAGES = ("val", "test")
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains ``network`` with ``loss``; logs every loss term and per-class metrics by class name.
+
+    Args:
+        network: maps images (B, C_in, H, W) to logits (B, C_out, H, W); C_out = 1 in binary mode,
+            ``num_classes`` in multiclass mode.
+        loss: ``loss(logits, target)`` -> scalar. Multiclass: target is the int64 mask (B, H, W);
+            binary: the mask as float (B, 1, H, W) (ignored pixels keep the value ``ignore_index``).
+            If it has a ``last_values: dict[str, Tensor]`` attribute (``seglosses.CombinedLoss``), each term
+            is logged as ``<stage>/loss/<name>``.
+        optimizer: ``optimizer(params=...)`` -> Optimizer (a Hydra partial such as ``torch.optim.AdamW``).
+        num_classes: classes of the data set; binary mode: 1 or 2 (metrics always score background and
+            foreground).
+        class_names: one name per scored class, used in metric keys (``val/iou/<name>``); default
+            ``class_0``, ... (binary: ``background``, ``foreground``; a single name is the foreground).
+        ignore_index: mask value left out of loss and metrics (``None``: none).
+        mode: ``"binary"`` or ``"multiclass"``.
+        scheduler: ``scheduler(optimizer=...)`` -> LR scheduler (Hydra partial) or ``None``.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        scheduler_monitor: metric for ``ReduceLROnPlateau``-style schedulers.
+        print_tables: print the per-class table at the end of validation (rank 0, not during the sanity
+            check) and test.
+
+    Batches are dicts: ``"image"`` float (B, C_in, H, W), ``"mask"`` int64 (B, H, W) class ids with
+    ``ignore_index`` intact (binary: {0, 1}); other keys (``"name"``) are ignored.
+
+    Attributes:
+        results: ``{"val": ..., "test": ...}``, the latest :func:`models.report.summarize` of each stage plus
+            its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run);
+            what the training script writes to ``metrics.json``.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int | None = None,
+        mode: str = "multiclass",
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/mIoU",
+        print_tables: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in SUPPORTED_MODES:
+            raise ValueError(
+                f"SegmentationModule mode must be one of {SUPPORTED_MODES} (masks of class ids), got {mode!r}"
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if mode == "binary" and num_classes not in (1, 2):
+            raise ValueError(
+                f"binary mode needs num_classes 1 or 2 (background, foreground), got {num_classes}"
+            )
+        if mode == "multiclass" and num_classes < 2:
+            raise ValueError(f"multiclass mode needs num_classes >= 2, got {num_classes}")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.network = network
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+        self.mode = mode
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.print_tables = print_tables
+        self.metric_classes = 2 if mode == "binary" else num_classes
+        self.class_names = _class_names(class_names, self.metric_classes, mode)
+        self.metrics = nn.ModuleDict(
+            {stage: SegmentationMetrics(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
+        )
+        self.results: dict[str, dict[str, Any]] = {}
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "class_names": list(self.class_names),
+                "ignore_index": ignore_index,
+                "mode": mode,
+            },
+            logger=False,
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def predict_classes(self, logits: Tensor) -> Tensor:
+        """(B, C_out, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0)."""
+        if self.mode == "binary":
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def loss_target(self, mask: Tensor) -> Tensor:
+        """The mask in the form ``loss`` expects: multiclass (B, H, W) int64; binary (B, 1, H, W) float."""
+        if self.mode == "binary":
+            return mask.unsqueeze(1).float()
+        return mask
+
+    # ---- steps -------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                "lower the learning rate, check the loss options and the data (NaN/inf in the images?)"
+            )
+        # Step value for the progress bar only; loggers get the epoch mean "train/loss".
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        loss, preds, mask = self._step(batch, "val")
+        self.metrics["val"].update(preds, mask)
+        return {"loss": loss, "preds": preds}
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        loss, preds, mask = self._step(batch, "test")
+        self.metrics["test"].update(preds, mask)
+        return {"loss": loss, "preds": preds}
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        images = batch["image"] if isinstance(batch, Mapping) else batch
+        return self.predict_classes(self(images))
+
+    def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        images, mask = _unpack(batch)
+        logits = self(images)
+        expected = (images.shape[0], 1 if self.mode == "binary" else self.num_classes, *mask.shape[1:])
+        if tuple(logits.shape) != expected:
+            raise ValueError(
+                f"network output has shape {tuple(logits.shape)}, expected {expected} (batch, classes, "
+                f"mask H, W) for mode={self.mode!r}, num_classes={self.num_classes}; check the model's "
+                "classes and that the image size suits the architecture (e.g. divisible by 2**encoder_depth)"
+            )
+        loss = self.loss(logits, self.loss_target(mask))
+        # Epoch means, averaged over DDP ranks at the epoch end.
+        options = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": images.shape[0]}
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", **options)
+        for name, value in getattr(self.loss, "last_values", {}).items():
+            self.log(f"{stage}/loss/{name}", value, **options)
+        return loss, self.predict_classes(logits.detach()), mask
+
+    # ---- epoch ends --------------------------------------------------------------------------------------
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_stage("test")
+
+    def _finish_stage(self, stage: str) -> None:
+        metric = self.metrics[stage]
+        # compute() syncs the confusion matrix over DDP ranks (a collective: every rank calls it), so the
+        # values are already global: logged without sync_dist.
+        scores = metric.compute()
+        metric.reset()
+        logs = metric_logs(stage, scores, self.class_names)
+        miou = logs.pop(f"{stage}/mIoU")
+        self.log_dict(logs, sync_dist=False)
+        self.log(f"{stage}/mIoU", miou, prog_bar=stage == "val", sync_dist=False)
+        if self.trainer.sanity_checking:
+            return
+        # During fit, current_epoch is the epoch being validated; after it (validate/test) it counts the
+        # finished epochs and says nothing about the weights, so no epoch is reported then.
+        epoch = self.current_epoch if self.trainer.state.fn == "fit" else None
+        self.results[stage] = {"epoch": epoch, **summarize(scores, self.class_names)}
+        if self.print_tables and self.trainer.is_global_zero:
+            title = stage if epoch is None else f"{stage} (epoch {epoch})"
+            print_class_table(
+                {k: v.cpu() for k, v in scores.items()}, self.class_names, title, console=rich.get_console()
+            )
+
+    # ---- optimisation and checkpoints -------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.scheduler_interval,
+                "monitor": self.scheduler_monitor,
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Focal gammas set by a schedule are plain attributes, not in the state dict: keep them so that a
+        # checkpoint evaluates with the loss it was trained with.
+        checkpoint["loss_gammas"] = {
+            name: float(m.gamma) for name, m in self.loss.named_modules() if _has_float_gamma(m)
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        gammas = checkpoint.get("loss_gammas", {})
+        for name, m in self.loss.named_modules():
+            if name in gammas and _has_float_gamma(m):
+                m.gamma = gammas[name]
+
+
+def _has_float_gamma(module: nn.Module) -> bool:
+    gamma = getattr(module, "gamma", None)
+    return isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and math.isfinite(gamma)
+
+
+def _class_names(names: Sequence[str] | None, num_classes: int, mode: str) -> list[str]:
+    if names is None:
+        if mode == "binary":
+            return ["background", "foreground"]
+        return [f"class_{i}" for i in range(num_classes)]
+    names = [str(n) for n in names]
+    if mode == "binary" and len(names) == 1:
+        names = ["background", *names]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(names)} names {names}, expected one per class ({num_classes})"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be unique (they name the metric keys), got {names}")
+    return names
+
+
+def _unpack(batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    if not isinstance(batch, Mapping) or "image" not in batch or "mask" not in batch:
+        got = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"a batch must be a dict with 'image' and 'mask' tensors, got {got}")
+    images, mask = batch["image"], batch["mask"]
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"batch['image'] must be a float tensor (B, C, H, W), got {_describe(images)}")
+    if not isinstance(mask, Tensor) or mask.ndim != 3 or mask.is_floating_point() or mask.dtype == torch.bool:
+        raise ValueError(f"batch['mask'] must be integer class ids (B, H, W), got {_describe(mask)}")
+    if mask.shape[0] != images.shape[0] or mask.shape[1:] != images.shape[2:]:
+        raise ValueError(
+            f"batch['mask'] {tuple(mask.shape)} does not match batch['image'] {tuple(images.shape)}: "
+            "expected (B, H, W) for images (B, C, H, W)"
+        )
+    return images, mask.long()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

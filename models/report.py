@@ -1,0 +1,62 @@
+"""Per-class results table (like mmsegmentation's), printed with rich, and a JSON-ready summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+__all__ = ["class_table", "print_class_table", "summarize"]
+
+COLUMNS = (("IoU", "iou"), ("Dice", "dice"), ("Precision", "precision"), ("Recall", "recall"))
+
+
+def _pct(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def class_table(scores: dict[str, Tensor], class_names: Sequence[str], title: str = "") -> Table:
+    """Rich table: one row per class (IoU, Dice, precision, recall, pixel share, all in %) and a mean
+    row (``nanmean`` of each column, i.e. mIoU and mDice); pixel accuracy in the caption."""
+    table = Table(title=title, caption=f"pixel accuracy {_pct(float(scores['pixel_acc']))}%")
+    table.add_column("Class", justify="left")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("Pixel share", justify="right")
+    for i, name in enumerate(class_names):
+        row = [_pct(float(scores[key][i])) for _, key in COLUMNS]
+        table.add_row(str(name), *row, _pct(float(scores["pixel_share"][i])))
+    means = [_pct(float(torch.nanmean(scores[key]))) for _, key in COLUMNS]
+    table.add_row("mean", *means, _pct(float(torch.nansum(scores["pixel_share"]))), style="bold")
+    return table
+
+
+def print_class_table(
+    scores: dict[str, Tensor], class_names: Sequence[str], title: str = "", console: Console | None = None
+) -> None:
+    (console or Console()).print(class_table(scores, class_names, title))
+
+
+def summarize(scores: dict[str, Tensor], class_names: Sequence[str]) -> dict[str, object]:
+    """JSON-ready dict: ``{"mIoU", "mDice", "pixel_acc"}`` floats and ``"per_class"``:
+    ``{class: {"iou", "dice", "precision", "recall", "pixel_share"}}``. NaN becomes ``None`` (JSON null)."""
+
+    def clean(value: float) -> float | None:
+        return None if math.isnan(value) else value
+
+    per_class = {
+        str(name): {
+            key: clean(float(scores[key][i])) for key in ("iou", "dice", "precision", "recall", "pixel_share")
+        }
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "mIoU": clean(float(scores["mIoU"])),
+        "mDice": clean(float(scores["mDice"])),
+        "pixel_acc": clean(float(scores["pixel_acc"])),
+        "per_class": per_class,
+    }
