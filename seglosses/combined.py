@@ -119,12 +119,16 @@ class CombinedLoss(nn.Module):
         return total
 
     def _forward_fused(self, input: Tensor, target: Tensor, focal: str, dice: str) -> Tensor:
-        prep = prepare(input, target, "multiclass")
         focal_loss, dice_loss = self.losses[focal], self.losses[dice]
+        ignore_index = focal_loss.ignore_index
+        prep = prepare(input, target, "multiclass", ignore_index)
+        c = prep.num_classes
+        # an ignore_index that is a class id also leaves the Dice average (as in DiceLoss)
+        dropped = ignore_index if ignore_index is not None and 0 <= ignore_index < c else None
         need_grad = torch.is_grad_enabled() and prep.input.requires_grad
         total, focal_value, dice_value = _FocalDice.apply(
-            prep.input, prep.target, float(focal_loss.gamma), float(dice_loss.smooth),
-            self.weights[focal], self.weights[dice], need_grad,
+            prep.input, prep.target, prep.valid, dropped, float(focal_loss.gamma),
+            float(dice_loss.smooth), self.weights[focal], self.weights[dice], need_grad,
         )
         values = {focal: focal_value, dice: dice_value}
         self.last_values = {name: values[name] for name in self.losses}
@@ -135,11 +139,9 @@ class CombinedLoss(nn.Module):
 
 
 _MISSING = object()
-_FOCAL_PLAIN = {"mode": "multiclass", "alpha": None, "ignore_index": None, "reduction": "mean",
-                "from_logits": True}
-_DICE_PLAIN = {"mode": "multiclass", "power": 1, "class_weights": None, "ignore_index": None,
-               "per_image": False, "log_loss": False, "include_background": True, "from_logits": True,
-               "reduction": "mean"}
+_FOCAL_PLAIN = {"mode": "multiclass", "alpha": None, "reduction": "mean", "from_logits": True}
+_DICE_PLAIN = {"mode": "multiclass", "power": 1, "class_weights": None, "per_image": False,
+               "log_loss": False, "include_background": True, "from_logits": True, "reduction": "mean"}
 
 
 def _plain(module: nn.Module, expected: dict[str, object]) -> bool:
@@ -159,8 +161,9 @@ def _finite_real(value: object, minimum: float) -> bool:
 
 def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str, str] | None:
     """Names (focal, dice) when the terms are exactly a FocalLoss and a DiceLoss in the configuration the
-    fused Function implements: multiclass, logits, class-index targets, nothing ignored, no per-class
-    weights, mean reductions; batch Dice with ``smooth > 0`` and ``power = 1``. Else ``None``."""
+    fused Function implements: multiclass, logits, class-index targets, one ``ignore_index`` shared by
+    both terms, no per-class weights, mean reductions; batch Dice with ``smooth > 0`` and ``power = 1``.
+    Else ``None``."""
     if len(losses) != 2:
         return None
     focal = next((k for k, m in losses.items() if type(m) is FocalLoss), None)
@@ -168,6 +171,9 @@ def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str,
     if focal is None or dice is None:
         return None
     if not (_plain(losses[focal], _FOCAL_PLAIN) and _plain(losses[dice], _DICE_PLAIN)):
+        return None
+    ignore_index = getattr(losses[focal], "ignore_index", _MISSING)
+    if ignore_index is _MISSING or getattr(losses[dice], "ignore_index", _MISSING) != ignore_index:
         return None
     smooth = getattr(losses[dice], "smooth", None)
     if not (_finite_real(smooth, 0) and smooth > 0):  # type: ignore[operator]
@@ -180,6 +186,8 @@ def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str,
         return None
     if target.is_floating_point() or target.requires_grad or input.numel() == 0:
         return None
+    if ignore_index is not None and input.shape[1] == 1 and ignore_index == 0:
+        return None  # no class left for Dice: DiceLoss raises the error
     return focal, dice
 
 
@@ -190,53 +198,75 @@ _CHUNK_ELEMENTS = 2**20
 class _FocalDice(torch.autograd.Function):
     r"""``wf * focal + wd * dice`` for logits x (N, C, S) and class ids y (N, S), with both terms.
 
-    focal = mean over the M = N * S pixels of ``-(1 - p_y)^gamma log p_y`` (as ``FocalLoss``);
-    dice = ``1 - mean_c D_c``, ``D_c = (2 I_c + smooth) / (P_c + G_c + smooth)`` pooled over the batch
-    with ``I_c = sum p_c [y = c]``, ``P_c = sum p_c``, ``G_c = #{y = c}`` (as ``DiceLoss``).
+    ``valid`` (N, S) bool marks the counted pixels (``None``: all); ``dropped`` is a class id left out of
+    the Dice average (an ``ignore_index`` inside [0, C)) or ``None``.
+    focal = mean over the M counted pixels of ``-(1 - p_y)^gamma log p_y`` (as ``FocalLoss``; 0 if M = 0);
+    dice = ``1 - mean_c D_c`` over the K averaged classes, ``D_c = (2 I_c + smooth) / (P_c + G_c + smooth)``
+    pooled over the batch with ``I_c = sum p_c [y = c]``, ``P_c = sum p_c``, ``G_c = #{y = c}`` over counted
+    pixels (as ``DiceLoss``).
 
     The gradient is formed in the forward pass into the log-softmax buffer (the only (N, C, S) tensor
-    kept). With ``a_c = dL/dP_c``, ``b_c = dL/dI_c`` and the focal coefficient ``h`` (per pixel):
-        dL/dx_j = p_j (wf h / M + a_j - t) - [j = y] (wf h / M - p_y b_y),  t = sum_k a_k p_k + p_y b_y.
+    kept). With ``a_c = dL/dP_c``, ``b_c = dL/dI_c`` (0 for the dropped class) and the focal coefficient
+    ``h`` (per pixel), at a counted pixel:
+        dL/dx_j = p_j (wf h / M + a_j - t) - [j = y] (wf h / M - p_y b_y),  t = sum_k a_k p_k + p_y b_y,
+    and 0 at the others.
     """
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, x: Tensor, y: Tensor, gamma: float, smooth: float, wf: float, wd: float,
-        need_grad: bool,
+        ctx: FunctionCtx, x: Tensor, y: Tensor, valid: Tensor | None, dropped: int | None, gamma: float,
+        smooth: float, wf: float, wd: float, need_grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n, c, s = x.shape
-        m = n * s
+        v = None if valid is None else valid.to(x.dtype)  # (N, S)
+        m = n * s if v is None else v.sum().clamp_(min=1)
         y1 = y.unsqueeze(1)
         logp = torch.log_softmax(x, dim=1)
         l = logp.gather(1, y1).squeeze(1)  # (N, S) log p_y
         f, h = _focal_factors(l, gamma, need_grad)
-        focal = f.mul_(l).neg_().sum() / m
+        f = f.mul_(l).neg_()
+        focal = (f if v is None else f.mul_(v)).sum() / m
 
         p = logp.exp_()  # the log-softmax buffer now holds p
         p_true = l.exp_()  # (N, S)
+        if v is None:
+            pred = p.sum(dim=(0, 2))
+            card = torch.bincount(y.flatten(), minlength=c).to(x.dtype)
+        else:
+            p_true.mul_(v)
+            pred = torch.bmm(p, v.unsqueeze(2)).sum(dim=(0, 2))
+            card = torch.bincount(y.flatten(), weights=v.flatten(), minlength=c).to(x.dtype)
         inter = x.new_zeros(c).scatter_add_(0, y.flatten(), p_true.flatten())
-        pred = p.sum(dim=(0, 2))
-        card = torch.bincount(y.flatten(), minlength=c).to(x.dtype)
         den = pred + card + smooth
         d = (2 * inter + smooth) / den
-        dice = 1 - d.mean()
+        k = c
+        if dropped is not None:
+            d[dropped] = 0.0  # out of the average: contributes neither value nor gradient
+            k = c - 1
+        dice = 1 - d.sum() / k
         total = wf * focal + wd * dice if wf != 1.0 or wd != 1.0 else focal + dice
         ctx.mark_non_differentiable(focal, dice)
         if not need_grad:
             ctx.save_for_backward(None)
             return total, focal, dice
 
-        a = (wd / c) * d / den  # dL/dP_c
-        b = (-2 * wd / c) / den  # dL/dI_c
+        a = (wd / k) * d / den  # dL/dP_c
+        b = (-2 * wd / k) / den  # dL/dI_c
+        if dropped is not None:
+            b[dropped] = 0.0
         assert h is not None
         hs = h.mul_(wf / m)  # (N, S)
-        pb = p_true.mul_(b[y])  # (N, S): p_y b_y
+        if v is not None:
+            hs.mul_(v)
+        pb = p_true.mul_(b[y])  # (N, S): p_y b_y (0 at pixels not counted)
         coef = torch.matmul(a, p).add_(pb).sub_(hs).neg_().unsqueeze(1)  # (N, 1, S): wf h / M - t
         a3 = a.view(1, c, 1)
+        v3 = None if v is None else v.unsqueeze(1)
         chunk = max(1, _CHUNK_ELEMENTS // max(1, n * c))
         for lo in range(0, s, chunk):
             sl = slice(lo, lo + chunk)
-            p[:, :, sl].mul_(coef[:, :, sl] + a3)
+            factor = coef[:, :, sl] + a3
+            p[:, :, sl].mul_(factor if v3 is None else factor.mul_(v3[:, :, sl]))
         p.scatter_add_(1, y1, pb.sub_(hs).unsqueeze(1))
         ctx.save_for_backward(p)
         return total, focal, dice
@@ -245,5 +275,4 @@ class _FocalDice(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_total, None, None, None, None, None, None
-
+        return (grad * grad_total,) + (None,) * 8

@@ -326,3 +326,35 @@ def test_probability_targets_call_the_terms(batch, count_term_calls):
     loss = focal_dice()
     torch.testing.assert_close(loss(x, soft), loss(x, y))
     assert len(count_term_calls) == 2
+
+
+@pytest.mark.parametrize("ignore_index", [255, 1, 0, 3])
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_fast_path_with_ignore_index_equals_separate_terms(ignore_index, fraction, count_term_calls):
+    g = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(2, 4, 5, 6, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 5, 6), generator=g)
+    y[torch.rand(y.shape, generator=g) < fraction] = ignore_index
+    loss = CombinedLoss({"focal": FocalLoss(mode="multiclass", gamma=0.5, ignore_index=ignore_index),
+                         "dice": DiceLoss(mode="multiclass", ignore_index=ignore_index)},
+                        weights={"focal": 0.7, "dice": 1.5})
+    out = loss(x, y)
+    assert count_term_calls == []  # the fused Function ran
+    (grad,) = torch.autograd.grad(out, x)
+    expected = separate(loss, x, y)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    ignored = (y == ignore_index).unsqueeze(1).expand_as(grad)
+    assert torch.all(grad[ignored] == 0)
+    for name in ("focal", "dice"):
+        torch.testing.assert_close(loss.last_values[name], loss.losses[name](x, y).detach())
+
+
+def test_fast_path_needs_the_same_ignore_index_in_both_terms(batch, count_term_calls):
+    x, y = batch
+    loss = CombinedLoss({"focal": FocalLoss(mode="multiclass", ignore_index=255),
+                         "dice": DiceLoss(mode="multiclass", ignore_index=1)})
+    out = loss(x, y)
+    assert len(count_term_calls) == 2
+    torch.testing.assert_close(out, separate(loss, x, y))
