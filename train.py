@@ -37,6 +37,8 @@ from torch import Tensor
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights, print_class_weights
 from datamodules.class_weights import class_weights_record
 from models import check_checkpoint, load_checkpoint_weights, read_checkpoint
+from runs.ddp import ddp_job, is_global_zero, prepare_argv
+from runs.jobs import run_job
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +82,19 @@ def check_config(cfg: DictConfig) -> None:
 def label_statistics(cfg: DictConfig, datamodule: SegDataModule) -> LabelStatistics:
     """Label statistics of the training split (cached by the datamodule); prints the class table."""
     stats = datamodule.label_statistics()
-    if cfg.class_weights is None:
+    if cfg.class_weights is None and is_global_zero():
         print_class_weights(stats, None, title="training labels (class_weights=none)")
     return stats
 
 
 def class_weights(cfg: DictConfig, datamodule: SegDataModule, stats: LabelStatistics) -> Tensor | None:
-    """The class_weights group's weights of the training labels; writes ``class_weights.json``."""
+    """The class_weights group's weights of the training labels; writes ``class_weights.json`` (DDP: every
+    process computes the same weights, global rank 0 prints and writes them)."""
     method_fn = build(cfg.class_weights, "class_weights")
     out = Path(cfg.paths.output_dir)
-    weights = compute_class_weights(datamodule, method_fn, out, stats=stats)
-    if weights is None:  # still record the label statistics of the run
+    zero = is_global_zero()
+    weights = compute_class_weights(datamodule, method_fn, out if zero else None, stats=stats, show=zero)
+    if weights is None and zero:  # still record the label statistics of the run
         out.mkdir(parents=True, exist_ok=True)
         record = class_weights_record(stats, None, None)
         (out / "class_weights.json").write_text(json.dumps(record, indent=2))
@@ -173,6 +177,7 @@ def print_summary(record: dict[str, Any]) -> None:
     Console().print(table)
 
 
+@ddp_job  # DDP: re-launches this job (not the sweep) for extra processes; cleans up when it ends
 def run(cfg: DictConfig) -> float | None:
     """Everything ``python train.py`` does with the composed ``cfg``; returns ``cfg.optimized_metric`` of
     the best checkpoint (the value a sweeper optimises), or None when it was not computed."""
@@ -234,8 +239,10 @@ def run(cfg: DictConfig) -> float | None:
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    # Timed, recorded in job_status.json; in a -m sweep a failing job returns NaN and the sweep goes on.
+    return run_job(run, cfg)
 
 
 if __name__ == "__main__":
+    prepare_argv()  # torchrun/srun: one run directory for all processes, quiet non-zero ranks
     main()

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
+from .samplers import UnpaddedDistributedSampler, distributed_world
 from .statistics import LabelStatistics, cached_statistics, default_cache_dir
 
 
@@ -156,11 +157,25 @@ class SegDataModule(pl.LightningDataModule):
 
     # -- loaders ----------------------------------------------------------------------------------------
     def _loader(self, split: str, *, train: bool) -> DataLoader:
+        """Shuffled training / ordered evaluation loader. Under DDP (process group initialised, as when
+        Lightning asks for loaders) training uses a seeded :class:`DistributedSampler` (Lightning sets
+        its epoch) and evaluation an :class:`UnpaddedDistributedSampler`, so metrics synced over the
+        processes count every sample exactly once."""
         workers = self.num_workers
+        dataset = self.dataset(split)
+        sampler: Sampler | None = None
+        world = distributed_world()
+        if world is not None:
+            rank, size = world
+            if train:
+                sampler = DistributedSampler(dataset, size, rank, shuffle=True, seed=self.seed)
+            else:
+                sampler = UnpaddedDistributedSampler(dataset, size, rank)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             drop_last=train and self.drop_last,
             num_workers=workers,
             pin_memory=self.pin_memory,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -186,8 +187,10 @@ class SegmentationModule(pl.LightningModule):
         metric.reset()
         logs = metric_logs(stage, scores, self.class_names)
         miou = logs.pop(f"{stage}/mIoU")
-        self.log_dict(logs, sync_dist=False)
-        self.log(f"{stage}/mIoU", miou, prog_bar=stage == "val", sync_dist=False)
+        with warnings.catch_warnings():  # Lightning's advice to sync epoch-level values does not apply here
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+            self.log_dict(logs, sync_dist=False)
+            self.log(f"{stage}/mIoU", miou, prog_bar=stage == "val", sync_dist=False)
         if self.trainer.sanity_checking:
             return
         # During fit, current_epoch is the epoch being validated; after it (validate/test) it counts the

@@ -57,6 +57,26 @@ def _check_options(mode: str, smooth: float, power: float, reduction: str) -> No
     _check_power(power)
 
 
+def _check_sync(sync_ddp: bool) -> None:
+    if not isinstance(sync_ddp, bool):
+        raise ValueError(f"sync_ddp must be True or False, got {sync_ddp!r}")
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sums(*sums: Tensor) -> tuple[Tensor, ...]:
+    """Sum the (C,) Dice sums over all processes with gradient, in one collective."""
+    from torch.distributed.nn.functional import all_reduce
+
+    sizes = [s.numel() for s in sums]
+    # contiguous: the all-reduce backward fails on the non-contiguous gradients of split views
+    total = all_reduce(torch.cat(sums).contiguous())
+    return tuple(t.contiguous() for t in total.split(sizes))
+
+
 def _included_classes(
     mode: str, num_classes: int, ignore_index: int | None, include_background: bool, device: torch.device
 ) -> Tensor:
@@ -196,6 +216,7 @@ def dice_loss(
     include_background: bool = True,
     from_logits: bool = True,
     reduction: str = "mean",
+    sync_ddp: bool = False,
 ) -> Tensor:
     r"""Soft Dice loss.
 
@@ -240,6 +261,16 @@ def dice_loss(
             - ``"sum"``: the sum of the ``"none"`` output.
             - ``"mean"``: that sum divided by ``W`` (``N * W`` with ``per_image=True``), i.e. the weighted
               mean of the per-class (per-image) losses.
+        sync_ddp: batch Dice over the global batch of a data-parallel job: with ``per_image=False`` and
+            ``torch.distributed`` initialised (world size > 1), the (C,) intersection and cardinality sums
+            are summed over all processes (``torch.distributed.nn.functional.all_reduce``, which carries the
+            gradient) before the division, so every process gets the Dice loss of the union of all local
+            batches. Its gradient w.r.t. the local ``input`` is ``world_size`` times the gradient of that
+            loss (the backward of the all-reduce sums the gradients of all processes); DDP's gradient
+            averaging divides by ``world_size``, so parameter gradients equal those of one process
+            computing the loss on the global batch. Every process must call the loss (a collective).
+            Ignored with ``per_image=True`` (per-image Dice needs no communication) or without an
+            initialised process group.
 
     Returns:
         The loss in the compute dtype (float32 for half-precision inputs): a scalar, or (C,)/(N, C) for
@@ -251,6 +282,7 @@ def dice_loss(
             fit ``mode`` (see :func:`seglosses._inputs.prepare`).
     """
     _check_options(mode, smooth, power, reduction)
+    _check_sync(sync_ddp)
     prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
     x = prep.input
     n, num_classes, _ = x.shape
@@ -267,6 +299,8 @@ def dice_loss(
     inter, pred, card = _dice_sums(prep, power, from_logits, mode)
     if not per_image:
         inter, pred, card = inter.sum(0), pred.sum(0), card.sum(0)
+        if sync_ddp and _distributed():
+            inter, pred, card = _all_reduce_sums(inter, pred, card)
 
     numerator = 2 * inter + smooth
     denominator = pred + card + smooth
@@ -309,9 +343,11 @@ class DiceLoss(nn.Module):
         include_background: bool = True,
         from_logits: bool = True,
         reduction: str = "mean",
+        sync_ddp: bool = False,
     ) -> None:
         super().__init__()
         _check_options(mode, smooth, power, reduction)
+        _check_sync(sync_ddp)
         self.mode = mode
         self.smooth = smooth
         self.power = power
@@ -321,6 +357,7 @@ class DiceLoss(nn.Module):
         self.include_background = include_background
         self.from_logits = from_logits
         self.reduction = reduction
+        self.sync_ddp = sync_ddp
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.float32).detach().clone()
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -339,6 +376,7 @@ class DiceLoss(nn.Module):
             include_background=self.include_background,
             from_logits=self.from_logits,
             reduction=self.reduction,
+            sync_ddp=self.sync_ddp,
         )
 
     def extra_repr(self) -> str:
@@ -346,5 +384,5 @@ class DiceLoss(nn.Module):
             f"mode={self.mode!r}, smooth={self.smooth}, power={self.power}, "
             f"ignore_index={self.ignore_index}, per_image={self.per_image}, log_loss={self.log_loss}, "
             f"include_background={self.include_background}, from_logits={self.from_logits}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}, sync_ddp={self.sync_ddp}"
         )

@@ -289,6 +289,7 @@ def test_fast_path_validates_like_the_terms(batch):
         lambda: focal_dice(log_loss=True),
         lambda: focal_dice(power=2),
         lambda: focal_dice(ignore_index=1),
+        lambda: focal_dice(sync_ddp=True),
         lambda: focal_dice(include_background=False),
         lambda: focal_dice(class_weights=[1.0, 2.0, 3.0]),
         lambda: CombinedLoss({"focal": FocalLoss(mode="multiclass", alpha=[1.0, 2.0, 3.0]),

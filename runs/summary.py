@@ -1,0 +1,377 @@
+"""Summary of a Hydra sweep: one row per job, as a rich table, ``summary.csv`` and ``summary.png``.
+
+Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so every ``python train.py -m ...`` ends with
+the summary of its sweep directory. The same summary of an existing sweep directory, outside Hydra::
+
+    python -m runs.summary multirun/2024-05-01/12-00-00-000000
+
+    from runs.summary import collect, write_summary
+    rows = collect(sweep_dir)          # list of dicts, one per job (stable keys, see collect)
+    csv_path = write_summary(sweep_dir)
+
+Each job directory is read, not the sweeper's memory: ``.hydra/overrides.yaml`` (the job's overrides),
+``job_status.json`` (status, error, wall time; :mod:`runs.jobs`), ``metrics.json`` (scores of the best
+checkpoint) and ``class_weights.json`` (training pixel counts, which name the rarest classes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runs.jobs import STATUS_FILE
+
+log = logging.getLogger(__name__)
+
+NUM_RARE = 3
+ERROR_WIDTH = 80  # characters of the error shown in the table (summary.csv has all of it)
+CSV_NAME = "summary.csv"
+PLOT_NAME = "summary.png"
+# Overrides that every sweep may vary but that say nothing about the experiment.
+_NOT_SWEPT_PREFIXES = ("hydra.", "paths.", "datamodule.stats_cache_dir")
+
+
+# ---- reading job directories ------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable as JSON ({e})") from None
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    """``'+loss.gamma=0.5'`` -> ``('loss.gamma', '0.5')``; ``'~logger'`` -> ``('logger', '~')``."""
+    if override.startswith("~"):
+        key, _, value = override[1:].partition("=")
+        return key, "~" + value
+    key, _, value = override.lstrip("+").partition("=")
+    return key, value
+
+
+def _read_overrides(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The job directories of a sweep: every directory below ``sweep_dir`` holding ``.hydra/overrides.yaml``
+    or ``job_status.json``, in job order (numeric subdirectory names sort as numbers)."""
+    root = Path(sweep_dir)
+    found = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    found |= {p.parent for p in root.rglob(STATUS_FILE)}
+    found.discard(root)
+
+    def order(p: Path) -> tuple:
+        parts = p.relative_to(root).parts
+        return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in parts)
+
+    return sorted(found, key=order)
+
+
+def _declared_sweep_keys(sweep_dir: Path, jobs: list[Path]) -> list[str]:
+    """Keys swept on the command line (``key=a,b``, ``key=range(...)``; from the basic sweeper's
+    ``multirun.yaml``) or in ``hydra.sweeper.params`` (Optuna; from ``multirun.yaml`` or a job's
+    ``.hydra/hydra.yaml``); [] when neither file is there."""
+    keys: list[str] = []
+    path = sweep_dir / "multirun.yaml"
+    cfg = OmegaConf.load(path) if path.is_file() else None
+    if cfg is not None:
+        task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+        try:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            for override in OverridesParser.create().parse_overrides([str(o) for o in task]):
+                if override.is_sweep_override():
+                    keys.append(override.get_key_element().lstrip("+~"))
+        except Exception as e:  # a hand-edited multirun.yaml: the keys whose values differ still count
+            log.warning("%s: could not parse hydra.overrides.task (%s)", path, e)
+    else:
+        found = [j / ".hydra" / "hydra.yaml" for j in jobs if (j / ".hydra" / "hydra.yaml").is_file()]
+        cfg = OmegaConf.load(found[0]) if found else None
+    params = (OmegaConf.select(cfg, "hydra.sweeper.params", default=None) if cfg is not None else None) or {}
+    keys += [str(k) for k in params]
+    return list(dict.fromkeys(keys))
+
+
+def _rarest_classes(class_weights: dict[str, Any] | None, k: int = NUM_RARE) -> list[str]:
+    """The ``k`` classes with the fewest training pixels (ties: class order)."""
+    if not class_weights or "classes" not in class_weights:
+        return []
+    classes = class_weights["classes"]
+    names = list(classes)
+    return sorted(names, key=lambda n: (classes[n]["pixel_count"], names.index(n)))[:k]
+
+
+def _score(metrics: dict[str, Any] | None, split: str, key: str) -> float | None:
+    value = ((metrics or {}).get(split) or {}).get(key)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _class_iou(metrics: dict[str, Any] | None, split: str, name: str) -> float | None:
+    scores = (((metrics or {}).get(split) or {}).get("per_class") or {}).get(name) or {}
+    value = scores.get("iou")
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _status(status: dict[str, Any] | None, metrics: dict[str, Any] | None) -> tuple[str, str | None]:
+    if status is None:  # a job run without runs.jobs.run_job (or before it started)
+        if metrics is not None:
+            return "ok", None
+        return "incomplete", "no job_status.json and no metrics.json: the job did not start or was killed"
+    if status.get("status") == "running":
+        return "incomplete", "job_status.json says running: the job was killed or is still running"
+    return str(status.get("status")), status.get("error")
+
+
+def _collect(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Rows, swept keys, rare classes (union over the jobs, rarest first)."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory {root} does not exist")
+    jobs = []
+    for job_dir in job_dirs(root):
+        overrides = dict(_split_override(o) for o in _read_overrides(job_dir / ".hydra" / "overrides.yaml"))
+        files = (STATUS_FILE, "metrics.json", "class_weights.json")
+        jobs.append((job_dir, overrides, *(_read_json(job_dir / name) for name in files)))
+
+    # Swept: declared as a sweep, or differing between jobs (e.g. submitted one by one into one directory).
+    keys = _declared_sweep_keys(root, [job_dir for job_dir, *_ in jobs])
+    all_keys = list(dict.fromkeys(k for _, overrides, *_ in jobs for k in overrides))
+    keys += [k for k in all_keys if len({o.get(k) for _, o, *_ in jobs}) > 1 and k not in keys]
+    keys = [k for k in keys if not k.startswith(_NOT_SWEPT_PREFIXES)]
+
+    rare_per_job = [_rarest_classes(weights) for *_, weights in jobs]
+    rare = list(dict.fromkeys(name for names in rare_per_job for name in names))
+
+    rows = []
+    for (job_dir, overrides, status, metrics, _), rare_job in zip(jobs, rare_per_job, strict=True):
+        state, error = _status(status, metrics)
+        row: dict[str, Any] = {"job": str(job_dir.relative_to(root)), "status": state}
+        row.update({k: overrides.get(k) for k in keys})
+        row["overrides"] = " ".join(f"{k}={overrides[k]}" for k in keys if k in overrides)
+        best_epoch = (metrics or {}).get("best_epoch")
+        if best_epoch is None:
+            best_epoch = ((metrics or {}).get("val") or {}).get("epoch")
+        row.update(
+            val_mIoU=_score(metrics, "val", "mIoU"),
+            val_mDice=_score(metrics, "val", "mDice"),
+            test_mIoU=_score(metrics, "test", "mIoU"),
+        )
+        for name in rare:
+            row[f"test_IoU/{name}"] = _class_iou(metrics, "test", name)
+        rare_scores = [row[f"test_IoU/{n}"] for n in rare_job if row[f"test_IoU/{n}"] is not None]
+        row["rare_mIoU"] = sum(rare_scores) / len(rare_scores) if rare_scores else None
+        row.update(
+            best_epoch=best_epoch,
+            wall_time_s=(status or {}).get("wall_time_s"),
+            job_dir=str(job_dir.resolve()),
+            error=error,
+        )
+        rows.append(row)
+    return rows, keys, rare
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per job of the sweep in ``sweep_dir``, in job order. Keys, in this order:
+
+    - ``job``: the job directory relative to ``sweep_dir`` (``"0"``, ``"1"``, ...)
+    - ``status``: ``"ok"``, ``"failed"`` (the job raised) or ``"incomplete"`` (killed, or still running)
+    - one key per swept override (e.g. ``"loss.gamma"``, ``"loss"``) with the job's value as typed (str;
+      None when the job did not set it), then ``overrides``: those as one ``"key=value ..."`` string
+    - ``val_mIoU``, ``val_mDice``: validation scores of the best checkpoint (fractions in [0, 1])
+    - ``test_mIoU``: test mIoU of the best checkpoint
+    - ``test_IoU/<class>``: test IoU of each of the ``NUM_RARE`` classes with the fewest training pixels
+      (``class_weights.json``); ``rare_mIoU``: their mean (classes absent from the test split left out)
+    - ``best_epoch`` (int), ``wall_time_s`` (float, the whole job), ``job_dir`` (absolute path),
+      ``error`` (``"ValueError: ..."`` of a failed job, else None)
+
+    Scores that were not computed are None. Raises FileNotFoundError when ``sweep_dir`` does not exist.
+    """
+    return _collect(sweep_dir)[0]
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["job", "status"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+
+
+def _as_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def plot(rows: list[dict[str, Any]], keys: list[str], rare: list[str], path: Path, title: str = "") -> None:
+    """mIoU (validation, test) and the rare classes' test IoU against the swept value: a numeric x axis for
+    one numeric swept key, else one categorical tick per job labelled by its overrides. Failed jobs are
+    marked with an x on the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [r[keys[0]] for r in rows if r[keys[0]] is not None] if len(keys) == 1 else []
+    numeric = bool(values) and all(_as_float(v) is not None for v in values)
+    if numeric:
+        xs = [_as_float(r[keys[0]]) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: (xs[i] is None, xs[i] or 0.0))
+        xlabel, ticks = keys[0], None
+    else:
+        xs = list(range(len(rows)))
+        order = list(range(len(rows)))
+        xlabel = "job: " + ", ".join(keys) if keys else "job"
+        ticks = [f"{r['job']}\n" + "\n".join(_cell(r[k]) for k in keys) for r in rows]
+
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(rows) + 4.0), 4.5 + 0.25 * len(keys)))
+    series = [("val_mIoU", "val mIoU", "-", "o"), ("test_mIoU", "test mIoU", "-", "s")]
+    series += [(f"test_IoU/{n}", f"test IoU {n} (rare)", "--", ".") for n in rare]
+    for column, label, style, marker in series:
+        points = [(xs[i], rows[i].get(column)) for i in order if rows[i]["status"] == "ok"]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker=marker, label=label)
+    failed = [xs[i] for i in order if rows[i]["status"] != "ok" and xs[i] is not None]
+    if failed:
+        ax.plot(failed, [0.0] * len(failed), "x", color="red", markersize=10, label="failed job")
+    if ticks is not None:
+        ax.set_xticks(xs)
+        ax.set_xticklabels(ticks, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("IoU")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _cell(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.2f}" if percent else f"{value:.1f}"
+    if isinstance(value, str) and "." in value and _as_float(value) is not None:
+        return f"{float(value):.4g}"  # a sampled value such as 1.8727005942368125
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], keys: list[str], rare: list[str], title: str) -> None:
+    """The summary as a rich table; scores in percent, wall time in seconds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = [("job", "job", False), ("status", "status", False)]
+    columns += [(k, k, False) for k in keys]
+    columns += [("val_mIoU", "val mIoU", True), ("val_mDice", "val mDice", True),
+                ("test_mIoU", "test mIoU", True)]
+    columns += [(f"test_IoU/{n}", f"test IoU {n}", True) for n in rare]
+    columns += [("best_epoch", "best epoch", False), ("wall_time_s", "time (s)", False)]
+    if any(row.get("error") for row in rows):
+        columns.append(("error", "error", False))
+    for _, header, numeric in columns:
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        cells = [_cell(row.get(column), percent) for column, _, percent in columns]
+        if row.get("error"):
+            cells[-1] = textwrap.shorten(row["error"], ERROR_WIDTH)
+        table.add_row(*cells, style=None if row["status"] == "ok" else "red")
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: rich's 80 columns would fold every cell
+        console = Console(width=200)
+    console.print(table)
+
+
+def write_summary(sweep_dir: str | Path, print_it: bool = True) -> Path:
+    """Collect the sweep in ``sweep_dir`` (:func:`collect`), write ``summary.csv`` and ``summary.png`` into
+    it, print the table (``print_it``). Returns the path of ``summary.csv``."""
+    root = Path(sweep_dir)
+    rows, keys, rare = _collect(root)
+    csv_path = root / CSV_NAME
+    write_csv(rows, csv_path)
+    failed = sum(r["status"] != "ok" for r in rows)
+    title = f"sweep {root}: {len(rows)} jobs" + (f", {failed} not ok" if failed else "")
+    plot(rows, keys, rare, root / PLOT_NAME, title=title.replace(f"{root}", root.name))
+    if print_it:
+        print_table(rows, keys, rare, title)
+    log.info("sweep summary written to %s and %s", csv_path, root / PLOT_NAME)
+    return csv_path
+
+
+def is_ddp_child() -> bool:
+    """:func:`runs.ddp.is_ddp_child`, imported on first use (``python -m runs.summary`` needs no torch)."""
+    from runs.ddp import is_ddp_child as ddp_is_ddp_child
+
+    return ddp_is_ddp_child()
+
+
+# ---- Hydra callback ---------------------------------------------------------------------------------------
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, :func:`write_summary` of ``hydra.sweep.dir``.
+
+    Only in the process that ran the sweep: a DDP child process (``runs.ddp.is_ddp_child``) does
+    nothing. An error while summarising is logged, not raised: the jobs' results are on disk and
+    ``python -m runs.summary SWEEP_DIR`` rebuilds the summary.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled or is_ddp_child():
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            write_summary(sweep_dir)
+        except Exception:
+            log.exception("could not summarise the sweep in %s (rebuild: python -m runs.summary %s)",
+                          sweep_dir, sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m runs.summary SWEEP_DIR\n"
+              "writes SWEEP_DIR/summary.csv and SWEEP_DIR/summary.png and prints the table")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    sweep_dir = Path(args[0])
+    if not sweep_dir.is_dir():
+        print(f"error: sweep directory {sweep_dir} does not exist", file=sys.stderr)
+        return 2
+    if not job_dirs(sweep_dir):
+        print(f"error: {sweep_dir} holds no job directory (none with .hydra/overrides.yaml or {STATUS_FILE})",
+              file=sys.stderr)
+        return 1
+    print(write_summary(sweep_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
