@@ -34,8 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from datamodules import LabelStatistics, SegDataModule, compute_class_weights, print_class_weights
-from datamodules.class_weights import class_weights_record
+from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from models import check_checkpoint, load_checkpoint_weights, read_checkpoint
 from runs.ddp import ddp_job, is_global_zero, prepare_argv
 from runs.jobs import run_job
@@ -79,26 +78,14 @@ def check_config(cfg: DictConfig) -> None:
             )
 
 
-def label_statistics(cfg: DictConfig, datamodule: SegDataModule) -> LabelStatistics:
-    """Label statistics of the training split (cached by the datamodule); prints the class table."""
-    stats = datamodule.label_statistics()
-    if cfg.class_weights is None and is_global_zero():
-        print_class_weights(stats, None, title="training labels (class_weights=none)")
-    return stats
-
-
 def class_weights(cfg: DictConfig, datamodule: SegDataModule, stats: LabelStatistics) -> Tensor | None:
-    """The class_weights group's weights of the training labels; writes ``class_weights.json`` (DDP: every
-    process computes the same weights, global rank 0 prints and writes them)."""
+    """The class_weights group's weights of the training labels (None for ``class_weights=none``); prints
+    the table and writes ``class_weights.json`` (DDP: every process computes the same weights, global rank
+    0 prints and writes them)."""
     method_fn = build(cfg.class_weights, "class_weights")
-    out = Path(cfg.paths.output_dir)
     zero = is_global_zero()
-    weights = compute_class_weights(datamodule, method_fn, out if zero else None, stats=stats, show=zero)
-    if weights is None and zero:  # still record the label statistics of the run
-        out.mkdir(parents=True, exist_ok=True)
-        record = class_weights_record(stats, None, None)
-        (out / "class_weights.json").write_text(json.dumps(record, indent=2))
-    return weights
+    out = Path(cfg.paths.output_dir) if zero else None
+    return compute_class_weights(datamodule, method_fn, out, stats=stats, show=zero)
 
 
 def build_loss(cfg: DictConfig, weights: Tensor | None) -> torch.nn.Module:
@@ -185,7 +172,7 @@ def run(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule: SegDataModule = build(cfg.datamodule, "datamodule")
-    stats = label_statistics(cfg, datamodule)
+    stats = datamodule.label_statistics()  # training split, cached
     loss = build_loss(cfg, class_weights(cfg, datamodule, stats))
     # Seeded after the statistics pass, which may or may not run (cache): same weights either way.
     pl.seed_everything(cfg.seed, workers=True)

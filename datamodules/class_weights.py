@@ -101,16 +101,20 @@ def compute_class_weights(
         show: print the table.
 
     Returns:
-        (C,) float32 weights, or None when ``method_fn`` is None (nothing is computed then).
+        (C,) float32 weights, or None when ``method_fn`` is None. The table and ``class_weights.json``
+        record the label statistics either way (weights ``null`` for ``class_weights=none``).
     """
-    if method_fn is None:
-        return None
     if stats is None:
         stats = datamodule.label_statistics(cache_dir=cache_dir)
-    weights = weights_from_statistics(stats, method_fn)
-    method = _method_name(method_fn)
+    if method_fn is None:
+        weights, method = None, None
+        title = "training labels (class_weights=none)"
+    else:
+        weights = weights_from_statistics(stats, method_fn)
+        method = _method_name(method_fn)
+        title = f"class weights ({method})"
     if show:
-        print_class_weights(stats, weights, title=f"class weights ({method})")
+        print_class_weights(stats, weights, title=title)
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,11 @@ def test_hydra_partial_from_config(dm, tmp_path):
     assert torch.allclose(weights.double(), (n.sum() / (5 * n)) / (n.sum() / (5 * n)).mean(), rtol=1e-6)
 
 
-def test_none_computes_nothing(dm, tmp_path):
-    assert compute_class_weights(dm, None, tmp_path) is None
-    assert not (tmp_path / "class_weights.json").exists()
+def test_none_gives_no_weights_but_records_the_label_statistics(dm, tmp_path):
+    assert compute_class_weights(dm, None, tmp_path, cache_dir=tmp_path, show=False) is None
+    record = json.loads((tmp_path / "class_weights.json").read_text())
+    stats = dm.label_statistics(cache_dir=tmp_path)
+    assert record["method"] is None
+    counts = [c["pixel_count"] for c in record["classes"].values()]
+    assert counts == stats.pixel_counts.tolist()
+    assert all(c["weight"] is None for c in record["classes"].values())
