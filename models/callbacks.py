@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 
-__all__ = ["GammaScheduleCallback", "PredictionGridCallback", "color_palette", "focal_terms", "render_grid"]
+__all__ = [
+    "GammaScheduleCallback",
+    "PredictionGridCallback",
+    "color_palette",
+    "focal_terms",
+    "label_flags",
+    "render_grid",
+]
 
 
 def focal_terms(module: nn.Module) -> list[FocalLoss]:
@@ -112,6 +119,16 @@ def _colorize(mask: Tensor, palette: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_flags(masks: Tensor) -> Tensor:
+    """(N, C, H, W) multilabel {0, 1} masks -> (N, H, W) int64 bit flags ``sum_c mask_c * 2**c`` (the
+    encoding of multilabel mask files), so that every combination of labels gets its own colour. A pixel
+    with any channel outside {0, 1} (``ignore_index``) becomes -1, drawn as ignored."""
+    m = masks.detach().long()
+    shifts = torch.arange(m.shape[1], device=m.device).view(1, -1, 1, 1)
+    flags = (m.clamp(0, 1) << shifts).sum(dim=1)
+    return flags.masked_fill(((m != 0) & (m != 1)).any(dim=1), -1)
+
+
 def render_grid(
     images: Tensor,
     masks: Tensor,
@@ -150,8 +167,12 @@ class PredictionGridCallback(pl.Callback):
         every_n_epochs: save every n-th validation epoch (the last epoch is always saved).
 
     Predictions come from the ``"preds"`` entry of ``validation_step``'s output
-    (:class:`~models.SegmentationModule`) or, failing that, from the argmax of the module's output.
-    Images are de-normalised with the datamodule's ``mean``/``std`` when it has them.
+    (:class:`~models.SegmentationModule`) or, failing that, from the module's ``predict_classes`` (or the
+    argmax) of its output. Images are de-normalised with the datamodule's ``mean``/``std`` when it has them.
+
+    Multilabel masks and predictions (N, C, H, W) are drawn as their bit flags (:func:`label_flags`): each
+    pixel is coloured by its set of labels, with the palette entry of the value a mask file stores for it
+    (label ``c`` alone: ``2**c``; none: black; overlaps: their own colour; ignored: white).
     """
 
     def __init__(self, dirpath: str | None = None, num_samples: int = 4, every_n_epochs: int = 1) -> None:
@@ -164,6 +185,7 @@ class PredictionGridCallback(pl.Callback):
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self._samples: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._multilabel = False
         self.last_path: Path | None = None
 
     def _active(self, trainer: pl.Trainer) -> bool:
@@ -175,6 +197,7 @@ class PredictionGridCallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._samples = []
+        self._multilabel = False
 
     def on_validation_batch_end(
         self,
@@ -194,7 +217,12 @@ class PredictionGridCallback(pl.Callback):
             preds = outputs["preds"][:k]
         else:
             with torch.no_grad():
-                preds = pl_module(images).argmax(dim=1)
+                logits = pl_module(images)
+            predict = getattr(pl_module, "predict_classes", None)
+            preds = predict(logits) if callable(predict) else logits.argmax(dim=1)
+        if masks.ndim == 4:  # multilabel (N, C, H, W)
+            masks, preds = label_flags(masks), label_flags(preds)
+            self._multilabel = True
         self._samples.append((images.detach().cpu(), masks.detach().cpu(), preds.detach().cpu()))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -204,7 +232,10 @@ class PredictionGridCallback(pl.Callback):
         images, masks, preds = (torch.cat(parts) for parts in zip(*self._samples, strict=True))
         self._samples = []
         dm = trainer.datamodule
-        num_classes = getattr(pl_module, "metric_classes", None) or int(preds.max()) + 1
+        if self._multilabel:  # palette up to the largest flag value shown (at most 2**C)
+            num_classes = max(int(masks.max()), int(preds.max())) + 1
+        else:
+            num_classes = getattr(pl_module, "metric_classes", None) or int(preds.max()) + 1
         grid = render_grid(
             images, masks, preds, num_classes, getattr(dm, "mean", None), getattr(dm, "std", None)
         )

@@ -1,5 +1,8 @@
 """Segmentation metrics from one confusion matrix: per-class IoU, Dice, precision, recall and their means.
 
+Multiclass/binary: one (C, C) matrix of class ids. Multilabel: one binary (2, 2) matrix per label (each label
+is its own foreground/background problem, prediction = ``logit > 0``), scored with the same formulas.
+
 Conventions (as mmsegmentation and nnU-Net): a ratio whose denominator is 0 is NaN, so a class absent
 from both target and prediction has NaN IoU/Dice and is left out of mIoU/mDice (``nanmean``), instead of
 the 0 that torchmetrics' ``MulticlassJaccardIndex`` reports, which drags the mean down.
@@ -11,9 +14,17 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelConfusionMatrix
 
-__all__ = ["PER_CLASS", "SegmentationMetrics", "metric_logs", "scores_from_confusion"]
+__all__ = [
+    "PER_CLASS",
+    "MultilabelSegmentationMetrics",
+    "SegmentationMetrics",
+    "metric_logs",
+    "scores_from_confusion",
+    "scores_from_counts",
+    "scores_from_multilabel_confusion",
+]
 
 PER_CLASS = ("iou", "dice", "precision", "recall", "pixel_share")
 MEANS = {"mIoU": "iou", "mDice": "dice"}
@@ -37,22 +48,55 @@ def scores_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
         raise ValueError(f"confusion matrix must be square (C, C), got shape {tuple(confmat.shape)}")
     cm = confmat.double()
     tp = cm.diagonal()
-    target_count = cm.sum(dim=1)
-    pred_count = cm.sum(dim=0)
-    fp = pred_count - tp
-    fn = target_count - tp
+    fp = cm.sum(dim=0) - tp
+    fn = cm.sum(dim=1) - tp
     total = cm.sum()
+    scores = scores_from_counts(tp, fp, fn, total)
+    scores["pixel_acc"] = tp.sum() / total
+    return scores
+
+
+def scores_from_counts(tp: Tensor, fp: Tensor, fn: Tensor, total: Tensor) -> dict[str, Tensor]:
+    r"""Per-class ``iou``, ``dice``, ``precision``, ``recall``, ``pixel_share`` and their ``mIoU``, ``mDice``
+    from (C,) counts of true positives, false positives and false negatives and the number of scored
+    pixels ``total`` (a scalar, or (C,) when each class has its own count, as in multilabel).
+
+    The formulas of :func:`scores_from_confusion` (``pixel_share = (TP + FN) / total``); a 0 denominator
+    gives NaN. ``pixel_acc`` depends on the task and is added by the caller. Float64 results.
+    """
+    tp, fp, fn, total = (torch.as_tensor(x).double() for x in (tp, fp, fn, total))
     # 0 / 0 = NaN in floating point: exactly the "undefined" convention above.
     scores = {
         "iou": tp / (tp + fp + fn),
         "dice": 2 * tp / (2 * tp + fp + fn),
-        "precision": tp / pred_count,
-        "recall": tp / target_count,
-        "pixel_share": target_count / total,
+        "precision": tp / (tp + fp),
+        "recall": tp / (tp + fn),
+        "pixel_share": (tp + fn) / total,
     }
     for mean_name, key in MEANS.items():
         scores[mean_name] = torch.nanmean(scores[key])
-    scores["pixel_acc"] = tp.sum() / total
+    return scores
+
+
+def scores_from_multilabel_confusion(confmat: Tensor) -> dict[str, Tensor]:
+    r"""Scores of a (C, 2, 2) stack of per-label binary confusion matrices ``confmat[c, t, p]`` (torchmetrics'
+    ``MultilabelConfusionMatrix`` layout: ``[[TN, FP], [FN, TP]]``).
+
+    Per label ``c``, over its ``N_c = TP + FP + FN + TN`` scored pixels: ``iou``, ``dice``, ``precision``,
+    ``recall`` as in :func:`scores_from_confusion` (NaN on 0 / 0, e.g. a label absent from target and
+    prediction), ``pixel_share = (TP + FN) / N_c`` (the shares of several labels can sum to more than 1);
+    ``mIoU``, ``mDice``: ``nanmean`` over labels; ``pixel_acc``: ``nanmean`` over labels of
+    ``(TP + TN) / N_c``. Float64 results: per-label entries (C,), means scalars.
+    """
+    if confmat.ndim != 3 or tuple(confmat.shape[1:]) != (2, 2):
+        raise ValueError(
+            f"multilabel confusion matrices must have shape (C, 2, 2), got {tuple(confmat.shape)}"
+        )
+    cm = confmat.double()
+    tn, fp, fn, tp = cm[:, 0, 0], cm[:, 0, 1], cm[:, 1, 0], cm[:, 1, 1]
+    total = cm.sum(dim=(1, 2))
+    scores = scores_from_counts(tp, fp, fn, total)
+    scores["pixel_acc"] = torch.nanmean((tp + tn) / total)
     return scores
 
 
@@ -117,4 +161,53 @@ class SegmentationMetrics(nn.Module):
     @property
     def matrix(self) -> Tensor:
         """The accumulated (C, C) matrix of this rank (not synced)."""
+        return self.confmat.confmat
+
+
+class MultilabelSegmentationMetrics(nn.Module):
+    """Accumulates one binary confusion matrix per label (torchmetrics, synced across DDP ranks) and scores
+    them with :func:`scores_from_multilabel_confusion`.
+
+    Args:
+        num_labels: C.
+        ignore_index: target value whose elements are left out (``None``: none). Compared per element, so a
+            pixel ignored in every channel (as the datamodules deliver it) is left out of every label.
+
+    ``update(preds, target)``: ``preds`` int64 {0, 1} (e.g. ``logits > 0``) and ``target`` int64 {0, 1} or
+    ``ignore_index``, both (N, C, *). ``compute()`` is a collective under DDP: call it on every rank.
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.ignore_index = ignore_index
+        self.confmat = MultilabelConfusionMatrix(num_labels, ignore_index=ignore_index, validate_args=False)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        if preds.shape != target.shape or target.ndim < 2 or target.shape[1] != self.num_labels:
+            raise ValueError(
+                f"predictions {tuple(preds.shape)} and target {tuple(target.shape)} must have one shape "
+                f"(N, C, *) with C = {self.num_labels} labels"
+            )
+        bad = (target != 0) & (target != 1)
+        if self.ignore_index is not None:
+            bad &= target != self.ignore_index
+        if bool(bad.any()):
+            values = torch.unique(target[bad])[:10].tolist()
+            extra = "" if self.ignore_index is None else f" or ignore_index={self.ignore_index}"
+            raise ValueError(
+                f"multilabel target holds values other than 0, 1{extra}: {values}; "
+                "check num_classes and ignore_index of the data set"
+            )
+        self.confmat.update(preds, target)
+
+    def compute(self) -> dict[str, Tensor]:
+        return scores_from_multilabel_confusion(self.confmat.compute())
+
+    def reset(self) -> None:
+        self.confmat.reset()
+
+    @property
+    def matrix(self) -> Tensor:
+        """The accumulated (C, 2, 2) matrices ``[[TN, FP], [FN, TP]]`` of this rank (not synced)."""
         return self.confmat.confmat

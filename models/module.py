@@ -13,12 +13,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from models.metrics import SegmentationMetrics, metric_logs
+from models.metrics import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
 from models.report import print_class_table, summarize
 
 __all__ = ["SegmentationModule"]
 
-SUPPORTED_MODES = ("binary", "multiclass")
+SUPPORTED_MODES = ("binary", "multiclass", "multilabel")
 EVAL_STAGES = ("val", "test")
 
 
@@ -27,18 +27,21 @@ class SegmentationModule(pl.LightningModule):
 
     Args:
         network: maps images (B, C_in, H, W) to logits (B, C_out, H, W); C_out = 1 in binary mode,
-            ``num_classes`` in multiclass mode.
+            ``num_classes`` in multiclass and multilabel mode.
         loss: ``loss(logits, target)`` -> scalar. Multiclass: target is the int64 mask (B, H, W);
-            binary: the mask as float (B, 1, H, W) (ignored pixels keep the value ``ignore_index``).
+            binary: the mask as float (B, 1, H, W); multilabel: the mask as float (B, C, H, W) (binary and
+            multilabel: ignored elements keep the value ``ignore_index``, which seglosses compares per
+            element).
             If it has a ``last_values: dict[str, Tensor]`` attribute (``seglosses.CombinedLoss``), each term
             is logged as ``<stage>/loss/<name>``.
         optimizer: ``optimizer(params=...)`` -> Optimizer (a Hydra partial such as ``torch.optim.AdamW``).
         num_classes: classes of the data set; binary mode: 1 or 2 (metrics always score background and
-            foreground).
+            foreground); multilabel: the number of labels (output channels).
         class_names: one name per scored class, used in metric keys (``val/iou/<name>``); default
             ``class_0``, ... (binary: ``background``, ``foreground``; a single name is the foreground).
         ignore_index: mask value left out of loss and metrics (``None``: none).
-        mode: ``"binary"`` or ``"multiclass"``.
+        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"`` (labels scored one by one as binary
+            problems, prediction ``logit > 0``: :class:`models.metrics.MultilabelSegmentationMetrics`).
         scheduler: ``scheduler(optimizer=...)`` -> LR scheduler (Hydra partial) or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric for ``ReduceLROnPlateau``-style schedulers.
@@ -46,7 +49,8 @@ class SegmentationModule(pl.LightningModule):
             check) and test.
 
     Batches are dicts: ``"image"`` float (B, C_in, H, W), ``"mask"`` int64 (B, H, W) class ids with
-    ``ignore_index`` intact (binary: {0, 1}); other keys (``"name"``) are ignored.
+    ``ignore_index`` intact (binary: {0, 1}; multilabel: (B, C, H, W) {0, 1} per label, ignored pixels
+    ``ignore_index`` in every channel); other keys (``"name"``) are ignored.
 
     Attributes:
         results: ``{"val": ..., "test": ...}``, the latest :func:`models.report.summarize` of each stage plus
@@ -71,7 +75,7 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         if mode not in SUPPORTED_MODES:
             raise ValueError(
-                f"SegmentationModule mode must be one of {SUPPORTED_MODES} (masks of class ids), got {mode!r}"
+                f"SegmentationModule mode must be one of {SUPPORTED_MODES}, got {mode!r}"
             )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -97,8 +101,9 @@ class SegmentationModule(pl.LightningModule):
         self.print_tables = print_tables
         self.metric_classes = 2 if mode == "binary" else num_classes
         self.class_names = _class_names(class_names, self.metric_classes, mode)
+        metric_type = MultilabelSegmentationMetrics if mode == "multilabel" else SegmentationMetrics
         self.metrics = nn.ModuleDict(
-            {stage: SegmentationMetrics(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
+            {stage: metric_type(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
         )
         self.results: dict[str, dict[str, Any]] = {}
         self.save_hyperparameters(
@@ -115,15 +120,21 @@ class SegmentationModule(pl.LightningModule):
         return self.network(images)
 
     def predict_classes(self, logits: Tensor) -> Tensor:
-        """(B, C_out, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0)."""
+        """(B, C_out, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0);
+        multilabel: (B, C, H, W) int64, 1 where the label's logit > 0 (sigmoid > 0.5)."""
         if self.mode == "binary":
             return (logits[:, 0] > 0).long()
+        if self.mode == "multilabel":
+            return (logits > 0).long()
         return logits.argmax(dim=1)
 
     def loss_target(self, mask: Tensor) -> Tensor:
-        """The mask in the form ``loss`` expects: multiclass (B, H, W) int64; binary (B, 1, H, W) float."""
+        """The mask in the form ``loss`` expects: multiclass (B, H, W) int64; binary (B, 1, H, W) float;
+        multilabel (B, C, H, W) float. Ignored elements keep the value ``ignore_index``."""
         if self.mode == "binary":
             return mask.unsqueeze(1).float()
+        if self.mode == "multilabel":
+            return mask.float()
         return mask
 
     # ---- steps -------------------------------------------------------------------------------------------
@@ -154,9 +165,9 @@ class SegmentationModule(pl.LightningModule):
         return self.predict_classes(self(images))
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
-        images, mask = _unpack(batch)
+        images, mask = _unpack(batch, self.mode, self.num_classes)
         logits = self(images)
-        expected = (images.shape[0], 1 if self.mode == "binary" else self.num_classes, *mask.shape[1:])
+        expected = (images.shape[0], 1 if self.mode == "binary" else self.num_classes, *mask.shape[-2:])
         if tuple(logits.shape) != expected:
             raise ValueError(
                 f"network output has shape {tuple(logits.shape)}, expected {expected} (batch, classes, "
@@ -255,19 +266,30 @@ def _class_names(names: Sequence[str] | None, num_classes: int, mode: str) -> li
     return names
 
 
-def _unpack(batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+def _unpack(batch: Mapping[str, Any], mode: str, num_classes: int) -> tuple[Tensor, Tensor]:
     if not isinstance(batch, Mapping) or "image" not in batch or "mask" not in batch:
         got = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise ValueError(f"a batch must be a dict with 'image' and 'mask' tensors, got {got}")
     images, mask = batch["image"], batch["mask"]
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"batch['image'] must be a float tensor (B, C, H, W), got {_describe(images)}")
-    if not isinstance(mask, Tensor) or mask.ndim != 3 or mask.is_floating_point() or mask.dtype == torch.bool:
-        raise ValueError(f"batch['mask'] must be integer class ids (B, H, W), got {_describe(mask)}")
-    if mask.shape[0] != images.shape[0] or mask.shape[1:] != images.shape[2:]:
+    multilabel = mode == "multilabel"
+    if multilabel:
+        ndim, what = 4, f"multilabel {{0, 1}} flags (B, {num_classes}, H, W)"
+    else:
+        ndim, what = 3, "class ids (B, H, W)"
+    integer = isinstance(mask, Tensor) and not mask.is_floating_point() and mask.dtype != torch.bool
+    if not integer or mask.ndim != ndim:
+        raise ValueError(f"batch['mask'] must be integer {what}, got {_describe(mask)}")
+    if multilabel and mask.shape[1] != num_classes:
+        raise ValueError(
+            f"batch['mask'] has {mask.shape[1]} label channels {tuple(mask.shape)}, expected num_classes="
+            f"{num_classes}: (B, {num_classes}, H, W)"
+        )
+    if mask.shape[0] != images.shape[0] or mask.shape[-2:] != images.shape[2:]:
         raise ValueError(
             f"batch['mask'] {tuple(mask.shape)} does not match batch['image'] {tuple(images.shape)}: "
-            "expected (B, H, W) for images (B, C, H, W)"
+            f"expected {what} for images (B, C, H, W)"
         )
     return images, mask.long()
 

@@ -31,7 +31,8 @@ def class_table(scores: dict[str, Tensor], class_names: Sequence[str], title: st
         row = [_pct(float(scores[key][i])) for _, key in COLUMNS]
         table.add_row(str(name), *row, _pct(float(scores["pixel_share"][i])))
     means = [_pct(float(torch.nanmean(scores[key]))) for _, key in COLUMNS]
-    table.add_row("mean", *means, _pct(float(torch.nansum(scores["pixel_share"]))), style="bold")
+    # no share in the mean row: a sum of per-label shares (multilabel) is not a share of the pixels
+    table.add_row("mean", *means, "", style="bold")
     return table
 
 

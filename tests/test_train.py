@@ -351,3 +351,58 @@ def test_multirun_sweeps_gamma_over_losses_with_and_without_focal_term(tmp_path)
         assert json.loads((job_dir / "metrics.json").read_text())["test"]["mIoU"] is not None
         config = (job_dir / ".hydra" / "config.yaml").read_text()
         assert f"name: {loss}" in config and "gamma: 0.5" in config
+
+
+# ---- multilabel -------------------------------------------------------------------------------------------
+
+MULTILABEL_NAMES = ["sky", "tree", "car"]
+
+
+def _write_multilabel_dataset(root: Path) -> None:
+    """3 labels stored as bit flags (bit c = label c present) in 8-bit PNG masks, 2 images per split:
+    overlapping squares of labels 0 and 1, label 2 in a bar, a few pixels ignored (255)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for d in ("images", "masks"):
+            (root / split / d).mkdir(parents=True)
+        for i in range(2):
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            mask[4:20, 4:20] |= 1
+            mask[12:28, 12:28] |= 2
+            mask[:, 28 - 4 * i :] |= 4
+            mask[0, :3] = 255
+            image = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+            image[..., 0] += (mask & 1).astype(np.uint8) * 150
+            Image.fromarray(image).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+
+
+def _multilabel_cfg(tmp_path: Path, *extra: str) -> DictConfig:
+    root = tmp_path / "data"
+    if not root.exists():
+        _write_multilabel_dataset(root)
+    return make_cfg(tmp_path, "datamodule=folder", f"datamodule.root={root}", "datamodule.mode=multilabel",
+                    "datamodule.num_classes=3", f"datamodule.class_names=[{','.join(MULTILABEL_NAMES)}]",
+                    "datamodule.crop_size=[32,32]", "datamodule.num_workers=0", "datamodule.batch_size=2",
+                    "debug=fdr", "model.encoder_depth=3", "model.arch.decoder_channels=[32,16,8]", *extra)
+
+
+@pytest.mark.parametrize("loss", ["focal_dice", "ce"])
+def test_multilabel_folder_fast_dev_run(tmp_path, loss):
+    cfg = _multilabel_cfg(tmp_path, f"loss={loss}")
+    score = train.run(cfg)
+    assert score is not None and 0.0 <= score <= 1.0
+    metrics = read_metrics(cfg)
+    for split in ("val", "test"):
+        assert set(metrics[split]["per_class"]) == set(MULTILABEL_NAMES)
+        assert 0.0 <= metrics[split]["pixel_acc"] <= 1.0
+    assert metrics["val"]["mIoU"] == pytest.approx(score)
+    # label statistics count each label's pixels (16 x 16 squares of labels 0 and 1 in both training images)
+    record = json.loads((Path(cfg.paths.output_dir) / "class_weights.json").read_text())
+    assert set(record["classes"]) == set(MULTILABEL_NAMES)
+    assert record["classes"]["sky"]["pixel_count"] == record["classes"]["tree"]["pixel_count"] == 512
+
+
+def test_multilabel_refuses_per_class_weights(tmp_path):
+    with pytest.raises(ValueError, match=r"datamodule\.mode=multilabel use class_weights=none"):
+        train.run(_multilabel_cfg(tmp_path, "class_weights=inverse"))

@@ -33,8 +33,31 @@ class RandomSegmentation(Dataset):
         return {"image": self.images[i], "mask": self.masks[i], "name": f"sample_{i}"}
 
 
+class RandomMultilabelSegmentation(Dataset):
+    """Multilabel (C, H, W) {0, 1} masks (labels overlap) with image channel c encoding label c; the first
+    4 pixels of row 0 ignored (``ignore_index`` in every channel), as the datamodules deliver them."""
+
+    def __init__(
+        self, n: int = 8, num_labels: int = 3, size: int = 32, ignore_index: int = 255, seed: int = 0
+    ) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.masks = torch.randint(0, 2, (n, num_labels, size, size), generator=g)
+        self.images = torch.randn(n, num_labels, size, size, generator=g) * 0.1 + self.masks.float()
+        self.masks[:, :, 0, :4] = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": self.masks[i], "name": f"sample_{i}"}
+
+
 def _loader(**kwargs) -> DataLoader:
     return DataLoader(RandomSegmentation(**kwargs), batch_size=4)
+
+
+def _multilabel_loader(**kwargs) -> DataLoader:
+    return DataLoader(RandomMultilabelSegmentation(**kwargs), batch_size=4)
 
 
 def _tiny_network(num_classes: int = 3, mode: str = "multiclass"):
@@ -79,6 +102,13 @@ def _trainer(**kwargs) -> pl.Trainer:
 def loader():
     """``loader(n=8, num_classes=3, size=32, ignore_index=255, seed=0)`` -> DataLoader of dict batches (4)."""
     return _loader
+
+
+@pytest.fixture
+def multilabel_loader():
+    """``multilabel_loader(n=8, num_labels=3, size=32, ignore_index=255, seed=0)`` -> DataLoader (batch 4) of
+    3-channel images and (4, 3, 32, 32) multilabel masks."""
+    return _multilabel_loader
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from models.callbacks import (
     PredictionGridCallback,
     color_palette,
     focal_terms,
+    label_flags,
     render_grid,
 )
 from seglosses.combined import CombinedLoss
@@ -125,3 +126,24 @@ def test_prediction_grid_is_saved_each_validation_epoch(make_module, trainer, lo
 def test_prediction_grid_arguments():
     with pytest.raises(ValueError, match="num_samples"):
         PredictionGridCallback(num_samples=0)
+
+
+def test_label_flags_encode_label_sets_and_mark_ignored_pixels():
+    masks = torch.tensor([[[[0, 1, 1, 255]], [[0, 0, 1, 255]], [[0, 1, 1, 255]]]])  # (1, 3, 1, 4)
+    assert label_flags(masks).tolist() == [[[0, 1 + 4, 1 + 2 + 4, -1]]]
+
+
+def test_multilabel_prediction_grid_draws_label_sets(make_module, trainer, multilabel_loader, tmp_path):
+    module = make_module(FocalLoss(mode="multilabel", ignore_index=255), mode="multilabel")
+    callback = PredictionGridCallback(dirpath=str(tmp_path / "pred"), num_samples=2)
+    t = trainer(fast_dev_run=True, callbacks=[callback])
+    t.fit(module, train_dataloaders=multilabel_loader(), val_dataloaders=multilabel_loader())
+    with Image.open(callback.last_path) as img:
+        grid = np.asarray(img.convert("RGB"))
+    assert grid.shape == (HEADER + 2 * (128 + GAP) + GAP, 3 * 128 + 4 * GAP, 3)
+    # ground truth of sample 0, enlarged x4: pixel (0, 0) ignored (white), pixel (8, 8) its label set's colour
+    mask = multilabel_loader().dataset[0]["mask"]
+    gt_x, top = GAP + (128 + GAP), HEADER + GAP
+    assert tuple(grid[top, gt_x]) == IGNORE_COLOR
+    flag = int(label_flags(mask[None, :, 8:9, 8:9]))
+    assert tuple(grid[top + 8 * 4, gt_x + 8 * 4]) == tuple(color_palette(8)[flag])

@@ -4,7 +4,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from models.metrics import SegmentationMetrics, metric_logs, scores_from_confusion
+from models.metrics import (
+    MultilabelSegmentationMetrics,
+    SegmentationMetrics,
+    metric_logs,
+    scores_from_confusion,
+    scores_from_multilabel_confusion,
+)
 from models.report import class_table, summarize
 
 NAN = float("nan")
@@ -100,3 +106,75 @@ def test_table_and_summary():
     assert summary["mIoU"] == pytest.approx(5 / 9)
     assert summary["per_class"]["Sign"]["iou"] is None  # NaN -> JSON null
     assert summary["per_class"]["Car"]["precision"] == pytest.approx(2 / 3)
+
+
+# ---- multilabel -------------------------------------------------------------------------------------------
+
+# 3 labels over 6 pixels (N=1, C=3, 6); pixel 5 ignored (255 in every channel). Label 2 is absent from target
+# and prediction.
+ML_TARGET = torch.tensor([[[1, 1, 0, 0, 1, 255], [0, 1, 1, 0, 0, 255], [0, 0, 0, 0, 0, 255]]])
+ML_PREDS = torch.tensor([[[1, 0, 1, 0, 1, 1], [0, 1, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]]])
+# Per label over the 5 valid pixels:
+#   label 0: t = 1 1 0 0 1, p = 1 0 1 0 1 -> TP 2, FP 1, FN 1, TN 1
+#   label 1: t = 0 1 1 0 0, p = 0 1 0 0 0 -> TP 1, FP 0, FN 1, TN 3
+#   label 2: all 0                         -> TP 0, FP 0, FN 0, TN 5
+ML_EXPECTED = {
+    "iou": [2 / 4, 1 / 2, NAN],
+    "dice": [4 / 6, 2 / 3, NAN],
+    "precision": [2 / 3, 1 / 1, NAN],
+    "recall": [2 / 3, 1 / 2, NAN],
+    "pixel_share": [3 / 5, 2 / 5, 0.0],
+}
+# label 2 (NaN) is left out of mIoU/mDice; pixel accuracy (TP + TN) / 5 is 3/5, 4/5, 5/5
+ML_MEANS = {"mIoU": 1 / 2, "mDice": 2 / 3, "pixel_acc": (3 / 5 + 4 / 5 + 5 / 5) / 3}
+
+
+def test_multilabel_scores_hand_computed_with_ignored_pixels_and_absent_label():
+    metric = MultilabelSegmentationMetrics(num_labels=3, ignore_index=255)
+    metric.update(ML_PREDS[..., :3], ML_TARGET[..., :3])  # two updates, as over two batches
+    metric.update(ML_PREDS[..., 3:], ML_TARGET[..., 3:])
+    # [[TN, FP], [FN, TP]] per label
+    assert metric.matrix.cpu().tolist() == [[[1, 1], [1, 2]], [[3, 0], [1, 1]], [[5, 0], [0, 0]]]
+    scores = metric.compute()
+    for key, expected in ML_EXPECTED.items():
+        assert_close_nan(scores[key], expected)
+    for key, expected in ML_MEANS.items():
+        assert float(scores[key]) == pytest.approx(expected)
+    logs = metric_logs("val", scores, ["road", "car", "sign"])
+    assert logs["val/iou/road"] == pytest.approx(0.5) and math.isnan(logs["val/iou/sign"])
+    metric.reset()
+    assert int(metric.matrix.sum()) == 0
+
+
+def test_multilabel_confusion_scores_match_an_independent_per_label_binary_reference():
+    # Each label is the binary problem "label c or not": the (2, 2) multiclass confusion matrix of that
+    # label gives the same IoU/Dice/precision/recall of its foreground row.
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 2, (2, 4, 5, 5), generator=g)
+    preds = torch.randint(0, 2, (2, 4, 5, 5), generator=g)
+    target[:, :, 0] = 255
+    metric = MultilabelSegmentationMetrics(num_labels=4, ignore_index=255)
+    metric.update(preds, target)
+    scores = metric.compute()
+    accuracies = []
+    for c in range(4):
+        valid = target[:, c] != 255
+        t, p = target[:, c][valid], preds[:, c][valid]
+        confmat = torch.zeros(2, 2, dtype=torch.long)
+        for ti, pi in zip(t.tolist(), p.tolist(), strict=True):
+            confmat[ti, pi] += 1
+        reference = scores_from_confusion(confmat)
+        for key in ("iou", "dice", "precision", "recall", "pixel_share"):
+            assert float(scores[key][c]) == pytest.approx(float(reference[key][1]))
+        accuracies.append(float((t == p).double().mean()))
+    assert float(scores["pixel_acc"]) == pytest.approx(sum(accuracies) / 4)
+
+
+def test_multilabel_update_rejects_bad_values_and_shapes():
+    metric = MultilabelSegmentationMetrics(num_labels=2, ignore_index=255)
+    with pytest.raises(ValueError, match=r"values other than 0, 1 or ignore_index=255: \[3\]"):
+        metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 3], [1, 255]]]))
+    with pytest.raises(ValueError, match="C = 2 labels"):
+        metric.update(torch.zeros(1, 3, 2, dtype=torch.long), torch.zeros(1, 3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(C, 2, 2\)"):
+        scores_from_multilabel_confusion(torch.zeros(3, 3))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.metrics import MultilabelSegmentationMetrics
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
@@ -120,7 +121,7 @@ def test_non_finite_loss_stops_training(make_module):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mode": "multilabel"}, "mode must be one of"),
+        ({"mode": "softmax"}, "mode must be one of"),
         ({"class_names": ["a", "b"]}, "class_names has 2 names"),
         ({"class_names": ["a", "a", "b"]}, "must be unique"),
         ({"ignore_index": 2.5}, "ignore_index must be an int"),
@@ -130,3 +131,58 @@ def test_non_finite_loss_stops_training(make_module):
 def test_bad_arguments(kwargs, match, make_module):
     with pytest.raises(ValueError, match=match):
         make_module(nn.CrossEntropyLoss(), **kwargs)
+
+
+def test_multilabel_fast_dev_run_scores_each_label(make_module, trainer, multilabel_loader):
+    loss = CombinedLoss(
+        {
+            "focal": FocalLoss(mode="multilabel", gamma=2.0, ignore_index=255),
+            "dice": DiceLoss(mode="multilabel", ignore_index=255),
+        }
+    )
+    module = make_module(loss, mode="multilabel", class_names=["road", "car", "sign"])
+    t = trainer(fast_dev_run=True)
+    t.fit(module, train_dataloaders=multilabel_loader(), val_dataloaders=multilabel_loader(seed=1))
+    logged = set(t.callback_metrics)
+    names = ["road", "car", "sign"]
+    assert {f"val/{m}/{n}" for m in ("iou", "dice", "precision", "recall") for n in names} <= logged
+    assert {"train/loss", "train/loss/focal", "val/loss/dice", "val/mIoU", "val/pixel_acc"} <= logged
+    assert math.isfinite(float(t.callback_metrics["train/loss"]))
+    assert 0.0 <= float(t.callback_metrics["val/mIoU"]) <= 1.0
+    assert module.results["val"]["per_class"].keys() == set(names)
+    assert isinstance(module.metrics["val"], MultilabelSegmentationMetrics)
+    assert module.hparams["mode"] == "multilabel"
+
+
+def test_multilabel_targets_predictions_and_metrics_of_one_batch(make_module):
+    module = make_module(lambda logits, target: logits.mean(), num_classes=2, mode="multilabel")
+    mask = torch.tensor([[[[0, 1], [255, 1]], [[1, 1], [255, 0]]]])  # (1, 2, 2, 2), one pixel ignored
+    target = module.loss_target(mask)
+    assert target.dtype == torch.float32 and target.shape == (1, 2, 2, 2)
+    assert target[0, :, 1, 0].tolist() == [255.0, 255.0]  # kept for the loss's ignore_index
+    # seglosses compares target elements with ignore_index: the ignored pixel adds no loss
+    focal = FocalLoss(mode="multilabel", gamma=0.0, ignore_index=255)
+    logits = torch.tensor([[[[-1.0, 2.0], [0.5, -3.0]], [[1.0, 0.2], [-9.0, 0.0]]]])
+    valid = mask != 255
+    expected = nn.functional.binary_cross_entropy_with_logits(logits[valid], mask[valid].float())
+    torch.testing.assert_close(focal(logits, target), expected)
+    preds = module.predict_classes(logits)
+    assert preds.tolist() == [[[[0, 1], [1, 0]], [[1, 1], [0, 0]]]]  # logit > 0; 0.0 is negative
+    module.metrics["val"].update(preds, mask)
+    scores = module.metrics["val"].compute()
+    # label 0: t 0 1 . 1, p 0 1 . 0 -> TP 1, FN 1; label 1: t 1 1 . 0, p 1 1 . 0 -> TP 2
+    assert scores["iou"].tolist() == [0.5, 1.0]
+
+
+def test_multilabel_batches_are_checked(make_module):
+    module = make_module(lambda logits, target: logits.mean(), num_classes=3, mode="multilabel")
+    image = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"multilabel \{0, 1\} flags \(B, 3, H, W\)"):
+        module.training_step({"image": image, "mask": torch.zeros(2, 32, 32, dtype=torch.long)}, 0)
+    with pytest.raises(ValueError, match="2 label channels"):
+        module.training_step({"image": image, "mask": torch.zeros(2, 2, 32, 32, dtype=torch.long)}, 0)
+    module.log = lambda *args, **kwargs: None  # not attached to a trainer
+    bad = torch.zeros(2, 3, 32, 32, dtype=torch.long)
+    bad[0, 1, 0, 0] = 4
+    with pytest.raises(ValueError, match=r"values other than 0, 1 or ignore_index=255: \[4\]"):
+        module.validation_step({"image": image, "mask": bad}, 0)
