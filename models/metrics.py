@@ -10,7 +10,7 @@ the 0 that torchmetrics' ``MulticlassJaccardIndex`` reports, which drags the mea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -116,57 +116,78 @@ def metric_logs(prefix: str, scores: dict[str, Tensor], class_names: Sequence[st
     return logs
 
 
-class SegmentationMetrics(nn.Module):
-    """Accumulates one confusion matrix (torchmetrics, synced across DDP ranks) and scores it.
+class _ConfusionMetrics(nn.Module):
+    """One torchmetrics confusion matrix (synced across DDP ranks), the target check shared by both kinds
+    of metrics, and scoring by ``score``. ``compute()`` is a collective under DDP: call it on every rank."""
 
-    Args:
-        num_classes: C.
-        ignore_index: target value whose pixels are left out of the matrix (``None``: none).
-
-    ``update(preds, target)``: ``preds`` and ``target`` int64 class ids of one shape (N, *) (``target``
-    may hold ``ignore_index``). ``compute()`` -> :func:`scores_from_confusion` of the accumulated matrix;
-    it is a collective under DDP: call it on every rank. ``reset()`` clears the matrix.
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+    def __init__(self, confmat: nn.Module, score: Callable[[Tensor], dict[str, Tensor]], num_values: int,
+                 ignore_index: int | None, what: str) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.confmat = confmat
+        self._score = score
+        self._num_values = num_values  # targets lie in [0, num_values) or equal ignore_index
+        self._what = what
         self.ignore_index = ignore_index
-        # validate_args would scan every batch for out-of-range ids; the module checks targets once itself.
-        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def _check(self, preds: Tensor, target: Tensor, expected: str) -> None:
         if preds.shape != target.shape:
             raise ValueError(
-                f"predictions {tuple(preds.shape)} and target {tuple(target.shape)} must have one shape"
+                f"predictions {tuple(preds.shape)} and target {tuple(target.shape)} must have one shape "
+                f"{expected}"
             )
-        bad = (target < 0) | (target >= self.num_classes)
+        bad = (target < 0) | (target >= self._num_values)
         if self.ignore_index is not None:
             bad &= target != self.ignore_index
         if bool(bad.any()):
             values = torch.unique(target[bad])[:10].tolist()
             extra = "" if self.ignore_index is None else f" or ignore_index={self.ignore_index}"
             raise ValueError(
-                f"target holds class ids outside [0, {self.num_classes}){extra}: {values}; "
+                f"{self._what}{extra}: {values}; "
                 "check num_classes and ignore_index of the data set"
             )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
         self.confmat.update(preds, target)
 
     def compute(self) -> dict[str, Tensor]:
-        return scores_from_confusion(self.confmat.compute())
+        return self._score(self.confmat.compute())
 
     def reset(self) -> None:
         self.confmat.reset()
 
     @property
     def matrix(self) -> Tensor:
-        """The accumulated (C, C) matrix of this rank (not synced)."""
+        """The accumulated matrix of this rank (not synced)."""
         return self.confmat.confmat
 
 
-class MultilabelSegmentationMetrics(nn.Module):
-    """Accumulates one binary confusion matrix per label (torchmetrics, synced across DDP ranks) and scores
-    them with :func:`scores_from_multilabel_confusion`.
+class SegmentationMetrics(_ConfusionMetrics):
+    """Accumulates one (C, C) confusion matrix and scores it with :func:`scores_from_confusion`.
+
+    Args:
+        num_classes: C.
+        ignore_index: target value whose pixels are left out of the matrix (``None``: none).
+
+    ``update(preds, target)``: ``preds`` and ``target`` int64 class ids of one shape (N, *) (``target``
+    may hold ``ignore_index``). ``compute()`` is a collective under DDP: call it on every rank.
+    ``reset()`` clears the matrix; ``matrix`` is this rank's (C, C) matrix ``[true, predicted]``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        # validate_args would scan every batch for out-of-range ids; update() checks targets itself.
+        confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        super().__init__(confmat, scores_from_confusion, num_classes, ignore_index,
+                         f"target holds class ids outside [0, {num_classes})")
+        self.num_classes = num_classes
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self._check(preds, target, "(N, *)")
+        super().update(preds, target)
+
+
+class MultilabelSegmentationMetrics(_ConfusionMetrics):
+    """Accumulates one binary confusion matrix per label and scores them with
+    :func:`scores_from_multilabel_confusion`.
 
     Args:
         num_labels: C.
@@ -175,39 +196,20 @@ class MultilabelSegmentationMetrics(nn.Module):
 
     ``update(preds, target)``: ``preds`` int64 {0, 1} (e.g. ``logits > 0``) and ``target`` int64 {0, 1} or
     ``ignore_index``, both (N, C, *). ``compute()`` is a collective under DDP: call it on every rank.
+    ``matrix`` is this rank's (C, 2, 2) stack ``[[TN, FP], [FN, TP]]``.
     """
 
     def __init__(self, num_labels: int, ignore_index: int | None = None) -> None:
-        super().__init__()
+        confmat = MultilabelConfusionMatrix(num_labels, ignore_index=ignore_index, validate_args=False)
+        super().__init__(confmat, scores_from_multilabel_confusion, 2, ignore_index,
+                         "multilabel target holds values other than 0, 1")
         self.num_labels = num_labels
-        self.ignore_index = ignore_index
-        self.confmat = MultilabelConfusionMatrix(num_labels, ignore_index=ignore_index, validate_args=False)
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        if preds.shape != target.shape or target.ndim < 2 or target.shape[1] != self.num_labels:
+        if target.ndim < 2 or target.shape[1] != self.num_labels:
             raise ValueError(
-                f"predictions {tuple(preds.shape)} and target {tuple(target.shape)} must have one shape "
-                f"(N, C, *) with C = {self.num_labels} labels"
+                f"multilabel target must have shape (N, C, *) with C = {self.num_labels} labels, "
+                f"got {tuple(target.shape)}"
             )
-        bad = (target != 0) & (target != 1)
-        if self.ignore_index is not None:
-            bad &= target != self.ignore_index
-        if bool(bad.any()):
-            values = torch.unique(target[bad])[:10].tolist()
-            extra = "" if self.ignore_index is None else f" or ignore_index={self.ignore_index}"
-            raise ValueError(
-                f"multilabel target holds values other than 0, 1{extra}: {values}; "
-                "check num_classes and ignore_index of the data set"
-            )
-        self.confmat.update(preds, target)
-
-    def compute(self) -> dict[str, Tensor]:
-        return scores_from_multilabel_confusion(self.confmat.compute())
-
-    def reset(self) -> None:
-        self.confmat.reset()
-
-    @property
-    def matrix(self) -> Tensor:
-        """The accumulated (C, 2, 2) matrices ``[[TN, FP], [FN, TP]]`` of this rank (not synced)."""
-        return self.confmat.confmat
+        self._check(preds, target, f"(N, C, *) with C = {self.num_labels} labels")
+        super().update(preds, target)
