@@ -202,14 +202,14 @@ def run(cfg: DictConfig) -> float | None:
 
     ckpt_cb = checkpoint_callback(trainer)
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    best_epoch = read_checkpoint(best).get("epoch") if best else None
+    # Score the checkpoint that is kept as the result: the table printed here is the best epoch's.
+    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    best_epoch = module.loaded_checkpoint_epoch if best else None  # set when validate loaded `best`
     record.update(
         checkpoint=best,
         best_epoch=best_epoch,
         last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
     )
-    # Score the checkpoint that is kept as the result: the table printed here is the best epoch's.
-    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     score = trainer.callback_metrics.get(cfg.optimized_metric)
     record["best_score"] = None if score is None else float(score)
     # Without a best checkpoint (fast_dev_run, no checkpoint callback) the last epoch's weights are scored.

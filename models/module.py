@@ -106,6 +106,8 @@ class SegmentationModule(pl.LightningModule):
             {stage: metric_type(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
         )
         self.results: dict[str, dict[str, Any]] = {}
+        # epoch of the last checkpoint Lightning loaded into this module (fit resume, validate/test)
+        self.loaded_checkpoint_epoch: int | None = None
         self.save_hyperparameters(
             {
                 "num_classes": num_classes,
@@ -238,6 +240,7 @@ class SegmentationModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loaded_checkpoint_epoch = checkpoint.get("epoch")
         gammas = checkpoint.get("loss_gammas", {})
         for name, m in self.loss.named_modules():
             if name in gammas and _has_float_gamma(m):

@@ -143,14 +143,18 @@ def prepare(
             )
         if target.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise ValueError(f"multiclass index target must be an integer tensor, got {target.dtype}")
-        y = target.reshape(n, s).long()
-        valid = None if ignore_index is None else y != ignore_index
-        _check_index_range(y, valid, c, ignore_index)
-        if valid is not None:
-            if bool(valid.all()):
+        raw = target.reshape(n, s).long()
+        valid = None if ignore_index is None else raw != ignore_index
+        y = raw if valid is None else raw.masked_fill(~valid, 0)
+        if y.numel() > 0:
+            # range and "anything ignored?" in one device-to-host transfer (one sync per call on GPU)
+            lo, hi = torch.aminmax(y)
+            all_valid = lo.new_ones(()) if valid is None else valid.all().to(lo.dtype)
+            lo_, hi_, all_valid_ = torch.stack([lo, hi, all_valid]).tolist()
+            if lo_ < 0 or hi_ >= c:
+                _raise_index_range(raw, valid, c, ignore_index)
+            if all_valid_:
                 valid = None
-            else:
-                y = y.masked_fill(~valid, 0)
         return Prepared(x, y, valid, True, spatial, (n, *spatial))
 
     # binary / multilabel: dense targets of the input's shape
@@ -200,10 +204,15 @@ def _dense(
                 f"{ignore_index} with a float target of shape {_shape(t)})"
             )
         ignored = t == ignore_index
-        if bool(ignored.any()):
-            valid = ~ignored
-            t = t.masked_fill(ignored, 0.0)
-    lo, hi = _aminmax(t)
+        valid = ~ignored
+        t = t.masked_fill(ignored, 0.0)
+    any_ignored, lo, hi = 0.0, 0.0, 0.0
+    if t.numel() > 0:  # one device-to-host transfer for all three
+        lo_t, hi_t = torch.aminmax(t)
+        flag = lo_t.new_zeros(()) if valid is None else ignored.any().to(lo_t.dtype)
+        any_ignored, lo, hi = torch.stack([flag, lo_t, hi_t]).tolist()
+    if not any_ignored:
+        valid = None
     if not (lo >= 0 and hi <= 1):  # also catches NaN
         what = "probabilities" if mode == "multiclass" else f"{mode} targets"
         extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
@@ -218,17 +227,11 @@ def _aminmax(t: Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _check_index_range(y: Tensor, valid: Tensor | None, num_classes: int, ignore_index: int | None) -> None:
-    if y.numel() == 0:
-        return
-    lo, hi = torch.aminmax(y)
-    if lo >= 0 and hi < num_classes:
-        return
+def _raise_index_range(y: Tensor, valid: Tensor | None, num_classes: int, ignore_index: int | None) -> None:
+    """Raise the error for class ids outside [0, num_classes) among the counted pixels of ``y``."""
     bad = (y < 0) | (y >= num_classes)
     if valid is not None:
         bad &= valid
-    if not bool(bad.any()):
-        return
     values = torch.unique(y[bad])[:10].tolist()
     extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
     raise ValueError(
