@@ -7,31 +7,21 @@ error messages and the float32 upcast of half-precision inputs are defined once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-MODES = ("binary", "multiclass", "multilabel")
+from seglosses._shared import ClassValues
+from seglosses.checks import check_choice, check_ignore_index
+from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE, check_mode
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def check_non_negative(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value}")
+def check_reduction(reduction: str) -> str:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`."""
+    return check_choice(reduction, "reduction", REDUCTIONS)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,9 +29,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def as_class_vector(
-    name: str, value: float | Sequence[float] | Tensor | None, num_classes: int, like: Tensor
-) -> Tensor | None:
+def as_class_vector(name: str, value: ClassValues, num_classes: int, like: Tensor) -> Tensor | None:
     """``None`` stays ``None``; a number or a length-``num_classes`` sequence becomes a (C,) tensor.
 
     ``like`` gives the device and dtype of the result.
@@ -103,6 +91,9 @@ def prepare(
 ) -> Prepared:
     """Validate ``input``/``target`` for ``mode`` and flatten spatial dims.
 
+    Shapes as in :class:`Prepared`. One device-to-host transfer per call (target range and "anything
+    ignored?"), plus one for the input's range with ``from_logits=False``.
+
     Raises:
         ValueError: with the expected and the received shape, dtype or value range.
     """
@@ -113,78 +104,95 @@ def prepare(
         )
     if not input.is_floating_point():
         raise ValueError(f"input must be floating point (logits or probabilities), got {input.dtype}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    check_ignore_index(ignore_index)
     if not from_logits:
         _check_probabilities(input)
     dtype = compute_dtype(input.dtype)
+    if mode == MULTICLASS_MODE:
+        return _prepare_multiclass(input, target, ignore_index, dtype)
+    if mode == BINARY_MODE:
+        return _prepare_binary(input, target, ignore_index, dtype)
+    return _prepare_multilabel(input, target, ignore_index, dtype)
 
-    if mode == "multiclass":
-        if input.ndim < 2:
-            raise ValueError(f"multiclass input must have shape (N, C, *), got {_shape(input)}")
-        n, c = input.shape[:2]
-        spatial = _shape(input)[2:]
-        s = math.prod(spatial)  # explicit: reshape(n, c, -1) is ambiguous for an empty batch
-        x = input.to(dtype).reshape(n, c, s)
-        if target.is_floating_point() and target.shape == input.shape:
-            return _dense(x, target.to(dtype).reshape(n, c, s), ignore_index, spatial, _shape(input), mode)
-        if target.is_floating_point():
-            raise ValueError(
-                "multiclass target must be int64 class indices of shape (N, *) "
-                f"= {(n, *spatial)} or float probabilities of the input's shape {_shape(input)}; "
-                f"got a {target.dtype} target of shape {_shape(target)}"
-            )
-        if target.ndim == input.ndim and target.shape[1] == 1 and c != 1:
-            target = target.squeeze(1)
-        if _shape(target) != (n, *spatial):
-            raise ValueError(
-                f"multiclass index target must have shape (N, *) = {(n, *spatial)} for input of shape "
-                f"{_shape(input)}, got {_shape(target)}"
-            )
-        if target.dtype in (torch.bool, torch.complex64, torch.complex128):
-            raise ValueError(f"multiclass index target must be an integer tensor, got {target.dtype}")
-        raw = target.reshape(n, s).long()
-        valid = None if ignore_index is None else raw != ignore_index
-        y = raw if valid is None else raw.masked_fill(~valid, 0)
-        if y.numel() > 0:
-            # range and "anything ignored?" in one device-to-host transfer (one sync per call on GPU)
-            lo, hi = torch.aminmax(y)
-            all_valid = lo.new_ones(()) if valid is None else valid.all().to(lo.dtype)
-            lo_, hi_, all_valid_ = torch.stack([lo, hi, all_valid]).tolist()
-            if lo_ < 0 or hi_ >= c:
-                _raise_index_range(raw, valid, c, ignore_index)
-            if all_valid_:
-                valid = None
-        return Prepared(x, y, valid, True, spatial, (n, *spatial))
 
-    # binary / multilabel: dense targets of the input's shape
-    if mode == "binary":
-        if input.ndim >= 2 and input.shape[1] == 1:
-            out_shape = _shape(input)
-        else:
-            if input.ndim < 1:
-                raise ValueError(f"binary input must have shape (N, *) or (N, 1, *), got {_shape(input)}")
-            out_shape = _shape(input)
-            input = input.unsqueeze(1)
-            if target.shape == out_shape:
-                target = target.unsqueeze(1)
-        if target.shape != input.shape:
-            raise ValueError(
-                f"binary target must have the input's shape {out_shape}, got {_shape(target)}"
-            )
-    else:
-        if input.ndim < 2:
-            raise ValueError(f"multilabel input must have shape (N, C, *), got {_shape(input)}")
-        out_shape = _shape(input)
-        if target.shape != input.shape:
-            raise ValueError(
-                f"multilabel target must have the input's shape {_shape(input)}, got {_shape(target)}"
-            )
-    n, c = input.shape[:2]
-    spatial = _shape(input)[2:]
-    s = math.prod(spatial)
-    x = input.to(dtype).reshape(n, c, s)
-    return _dense(x, target.to(dtype).reshape(n, c, s), ignore_index, spatial, out_shape, mode)
+def _flatten(t: Tensor, dtype: torch.dtype) -> tuple[Tensor, tuple[int, ...]]:
+    """(N, C, *) -> (N, C, S) in ``dtype``, and the spatial shape ``*``."""
+    n, c = t.shape[:2]
+    spatial = _shape(t)[2:]
+    # explicit S: reshape(n, c, -1) is ambiguous for an empty batch
+    return t.to(dtype).reshape(n, c, math.prod(spatial)), spatial
+
+
+def _prepare_multiclass(
+    input: Tensor, target: Tensor, ignore_index: int | None, dtype: torch.dtype
+) -> Prepared:
+    """Input (N, C, *); target (N, *) or (N, 1, *) class ids, or (N, C, *) probabilities."""
+    if input.ndim < 2:
+        raise ValueError(f"multiclass input must have shape (N, C, *), got {_shape(input)}")
+    x, spatial = _flatten(input, dtype)
+    n, c, s = x.shape
+    if target.is_floating_point() and target.shape == input.shape:
+        t, _ = _flatten(target, dtype)
+        return _dense(x, t, ignore_index, spatial, _shape(input), MULTICLASS_MODE)
+    if target.is_floating_point():
+        raise ValueError(
+            "multiclass target must be int64 class indices of shape (N, *) "
+            f"= {(n, *spatial)} or float probabilities of the input's shape {_shape(input)}; "
+            f"got a {target.dtype} target of shape {_shape(target)}"
+        )
+    if target.ndim == input.ndim and target.shape[1] == 1 and c != 1:
+        target = target.squeeze(1)
+    if _shape(target) != (n, *spatial):
+        raise ValueError(
+            f"multiclass index target must have shape (N, *) = {(n, *spatial)} for input of shape "
+            f"{_shape(input)}, got {_shape(target)}"
+        )
+    if target.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise ValueError(f"multiclass index target must be an integer tensor, got {target.dtype}")
+    raw = target.reshape(n, s).long()
+    valid = None if ignore_index is None else raw != ignore_index
+    y = raw if valid is None else raw.masked_fill(~valid, 0)
+    if y.numel() > 0:
+        # range and "anything ignored?" in one device-to-host transfer (one sync per call on GPU)
+        lo, hi = torch.aminmax(y)
+        all_valid = lo.new_ones(()) if valid is None else valid.all().to(lo.dtype)
+        lo_, hi_, all_valid_ = torch.stack([lo, hi, all_valid]).tolist()
+        if lo_ < 0 or hi_ >= c:
+            _raise_index_range(raw, valid, c, ignore_index)
+        if all_valid_:
+            valid = None
+    return Prepared(x, y, valid, True, spatial, (n, *spatial))
+
+
+def _prepare_binary(input: Tensor, target: Tensor, ignore_index: int | None, dtype: torch.dtype) -> Prepared:
+    """Input (N, 1, *) or (N, *) (no channel dim: it is added); target of the input's shape."""
+    out_shape = _shape(input)
+    if not (input.ndim >= 2 and input.shape[1] == 1):
+        if input.ndim < 1:
+            raise ValueError(f"binary input must have shape (N, *) or (N, 1, *), got {_shape(input)}")
+        input = input.unsqueeze(1)
+        if target.shape == out_shape:
+            target = target.unsqueeze(1)
+    if target.shape != input.shape:
+        raise ValueError(f"binary target must have the input's shape {out_shape}, got {_shape(target)}")
+    x, spatial = _flatten(input, dtype)
+    t, _ = _flatten(target, dtype)
+    return _dense(x, t, ignore_index, spatial, out_shape, BINARY_MODE)
+
+
+def _prepare_multilabel(
+    input: Tensor, target: Tensor, ignore_index: int | None, dtype: torch.dtype
+) -> Prepared:
+    """Input (N, C, *); target (N, C, *) of the input's shape."""
+    if input.ndim < 2:
+        raise ValueError(f"multilabel input must have shape (N, C, *), got {_shape(input)}")
+    if target.shape != input.shape:
+        raise ValueError(
+            f"multilabel target must have the input's shape {_shape(input)}, got {_shape(target)}"
+        )
+    x, spatial = _flatten(input, dtype)
+    t, _ = _flatten(target, dtype)
+    return _dense(x, t, ignore_index, spatial, _shape(input), MULTILABEL_MODE)
 
 
 def _dense(
@@ -197,7 +205,7 @@ def _dense(
 ) -> Prepared:
     valid = None
     if ignore_index is not None:
-        if mode == "multiclass":
+        if mode == MULTICLASS_MODE:
             raise ValueError(
                 "ignore_index applies to class-index targets; with probability targets give ignored "
                 "pixels a zero target row instead (got ignore_index="
@@ -214,7 +222,7 @@ def _dense(
     if not any_ignored:
         valid = None
     if not (lo >= 0 and hi <= 1):  # also catches NaN
-        what = "probabilities" if mode == "multiclass" else f"{mode} targets"
+        what = "probabilities" if mode == MULTICLASS_MODE else f"{mode} targets"
         extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"{what} must lie in [0, 1]{extra}, got values in [{lo:g}, {hi:g}]")
     return Prepared(x, t, valid, False, spatial, out_shape)
@@ -223,8 +231,8 @@ def _dense(
 def _aminmax(t: Tensor) -> tuple[float, float]:
     if t.numel() == 0:
         return 0.0, 0.0
-    lo, hi = torch.aminmax(t)
-    return float(lo), float(hi)
+    lo, hi = torch.stack(torch.aminmax(t)).tolist()  # one device-to-host transfer
+    return lo, hi
 
 
 def _raise_index_range(y: Tensor, valid: Tensor | None, num_classes: int, ignore_index: int | None) -> None:

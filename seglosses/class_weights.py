@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seglosses.checks import check_choice
+
 METHODS = ("inverse", "inverse_sqrt", "median_frequency", "enet", "effective_number")
 
 
@@ -64,8 +66,7 @@ def class_weights_from_counts(
             or of mismatched lengths; missing ``image_pixel_counts`` for ``"median_frequency"``;
             ``beta`` outside (0, 1); ``c <= 1``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice(method, "method", METHODS)
     n = _as_counts("pixel_counts", pixel_counts)
     present = n > 0
     if not bool(present.any()):

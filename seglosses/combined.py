@@ -7,17 +7,18 @@ it gives the same values and gradients as calling the two terms (up to float rou
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from seglosses._inputs import prepare
+from seglosses._shared import SavedGradient, focal_factors, pixel_chunk
+from seglosses.checks import check_bool, check_number
 from seglosses.dice import DiceLoss
-from seglosses.focal import FocalLoss, _focal_factors
+from seglosses.focal import FocalLoss
+from seglosses.modes import MULTICLASS_MODE
 
 
 class CombinedLoss(nn.Module):
@@ -35,8 +36,31 @@ class CombinedLoss(nn.Module):
             the terms one by one.
 
     Shape:
-        ``input`` and ``target`` are passed unchanged to every term. Every term must return a tensor of the
-        same shape (a scalar for ``reduction="mean"``/``"sum"``); the output has that shape.
+        - input, target: passed unchanged to every term, so of the shapes the terms accept; for
+          :class:`~seglosses.focal.FocalLoss` and :class:`~seglosses.dice.DiceLoss` in multiclass mode
+          input (N, C, \*) logits and target (N, \*) class ids (or (N, C, \*) probabilities); binary
+          (N, \*) or (N, 1, \*) and multilabel (N, C, \*) inputs with a target of the input's shape.
+        - output: the terms' common shape: a scalar when every term reduces with ``"mean"``/``"sum"``.
+          Terms of different output shapes (e.g. focal ``"none"`` (N, \*) and Dice ``"none"`` (C,))
+          raise a ValueError.
+
+    Examples::
+
+        >>> import torch
+        >>> from seglosses import CombinedLoss, DiceLoss, FocalLoss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(4, 5, 6, 6, generator=gen), torch.randint(0, 5, (4, 6, 6), generator=gen)
+        >>> loss = CombinedLoss({"focal": FocalLoss(gamma=2.0), "dice": DiceLoss()}, weights={"dice": 0.5})
+        >>> total = loss(x, y)
+        >>> total.shape
+        torch.Size([])
+        >>> sorted(loss.last_values)
+        ['dice', 'focal']
+        >>> torch.allclose(total, loss.last_values["focal"] + 0.5 * loss.last_values["dice"])
+        True
+        >>> separate = FocalLoss(gamma=2.0)(x, y) + 0.5 * DiceLoss()(x, y)  # the fused path agrees
+        >>> torch.allclose(total, separate)
+        True
 
     Attributes:
         losses: the terms (``nn.ModuleDict``), e.g. ``combined.losses["focal"].gamma = 3.0``.
@@ -88,13 +112,9 @@ class CombinedLoss(nn.Module):
             )
         self.weights: dict[str, float] = {}
         for name in terms:
-            w = given.get(name, 1.0)
-            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
-                raise ValueError(f"CombinedLoss weight of {name!r} must be a finite number >= 0, got {w!r}")
+            w = check_number(given.get(name, 1.0), f"CombinedLoss weight of {name!r}", minimum=0)
             self.weights[name] = float(w)
-        if not isinstance(fused, bool):
-            raise ValueError(f"CombinedLoss fused must be True or False, got {fused!r}")
-        self.fused = fused
+        self.fused = check_bool(fused, "CombinedLoss fused")
         self.last_values: dict[str, Tensor] = {}
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -121,7 +141,7 @@ class CombinedLoss(nn.Module):
     def _forward_fused(self, input: Tensor, target: Tensor, focal: str, dice: str) -> Tensor:
         focal_loss, dice_loss = self.losses[focal], self.losses[dice]
         ignore_index = focal_loss.ignore_index
-        prep = prepare(input, target, "multiclass", ignore_index)
+        prep = prepare(input, target, MULTICLASS_MODE, ignore_index)
         c = prep.num_classes
         # an ignore_index that is a class id also leaves the Dice average (as in DiceLoss)
         dropped = ignore_index if ignore_index is not None and 0 <= ignore_index < c else None
@@ -139,13 +159,16 @@ class CombinedLoss(nn.Module):
 
 
 _MISSING = object()
-_FOCAL_PLAIN = {"mode": "multiclass", "alpha": None, "reduction": "mean", "from_logits": True}
-_DICE_PLAIN = {"mode": "multiclass", "power": 1, "class_weights": None, "per_image": False,
+# The option values of the terms that the fused Function implements.
+_FOCAL_PLAIN = {"mode": MULTICLASS_MODE, "alpha": None, "reduction": "mean", "from_logits": True}
+_DICE_PLAIN = {"mode": MULTICLASS_MODE, "power": 1, "class_weights": None, "per_image": False,
                "log_loss": False, "include_background": True, "from_logits": True, "reduction": "mean",
                "sync_ddp": False}
 
 
-def _plain(module: nn.Module, expected: dict[str, object]) -> bool:
+def _attributes_match(module: nn.Module, expected: dict[str, object]) -> bool:
+    """Whether every attribute named in ``expected`` exists on ``module`` and equals its value: no tensor,
+    and a bool only where a bool is expected (``True == 1`` does not count)."""
     for name, value in expected.items():
         actual = getattr(module, name, _MISSING)
         if actual is _MISSING or isinstance(actual, Tensor):
@@ -155,9 +178,13 @@ def _plain(module: nn.Module, expected: dict[str, object]) -> bool:
     return True
 
 
-def _finite_real(value: object, minimum: float) -> bool:
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    return number and math.isfinite(value) and value >= minimum  # type: ignore[arg-type]
+def _is_number(value: object, minimum: float) -> bool:
+    """Whether ``value`` passes :func:`~seglosses.checks.check_number` (finite, not a bool, >= minimum)."""
+    try:
+        check_number(value, "value", minimum=minimum)
+    except ValueError:
+        return False
+    return True
 
 
 def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str, str] | None:
@@ -171,16 +198,16 @@ def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str,
     dice = next((k for k, m in losses.items() if type(m) is DiceLoss), None)
     if focal is None or dice is None:
         return None
-    if not (_plain(losses[focal], _FOCAL_PLAIN) and _plain(losses[dice], _DICE_PLAIN)):
+    if not (_attributes_match(losses[focal], _FOCAL_PLAIN) and _attributes_match(losses[dice], _DICE_PLAIN)):
         return None
     ignore_index = getattr(losses[focal], "ignore_index", _MISSING)
     if ignore_index is _MISSING or getattr(losses[dice], "ignore_index", _MISSING) != ignore_index:
         return None
     smooth = getattr(losses[dice], "smooth", None)
-    if not (_finite_real(smooth, 0) and smooth > 0):  # type: ignore[operator]
+    if not (_is_number(smooth, 0) and smooth > 0):  # type: ignore[operator]
         return None
     # an invalid gamma (e.g. set by a callback) takes the general path, whose checks name it
-    if not _finite_real(getattr(losses[focal], "gamma", None), 0):
+    if not _is_number(getattr(losses[focal], "gamma", None), 0):
         return None
     # anything else (float targets, bad shapes, empty tensors) takes the general path and its checks
     if not (isinstance(input, Tensor) and isinstance(target, Tensor)) or input.ndim < 2:
@@ -192,11 +219,7 @@ def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str,
     return focal, dice
 
 
-# Pixels per chunk when forming the (N, C, S) gradient, bounding the temporary at about 2**20 elements.
-_CHUNK_ELEMENTS = 2**20
-
-
-class _FocalDice(torch.autograd.Function):
+class _FocalDice(SavedGradient):
     r"""``wf * focal + wd * dice`` for logits x (N, C, S) and class ids y (N, S), with both terms.
 
     ``valid`` (N, S) bool marks the counted pixels (``None``: all); ``dropped`` is a class id left out of
@@ -224,7 +247,7 @@ class _FocalDice(torch.autograd.Function):
         y1 = y.unsqueeze(1)
         logp = torch.log_softmax(x, dim=1)
         l = logp.gather(1, y1).squeeze(1)  # (N, S) log p_y
-        f, h = _focal_factors(l, gamma, need_grad)
+        f, h = focal_factors(l, gamma, need_grad)
         f = f.mul_(l).neg_()
         focal = (f if v is None else f.mul_(v)).sum() / m
 
@@ -263,7 +286,7 @@ class _FocalDice(torch.autograd.Function):
         coef = torch.matmul(a, p).add_(pb).sub_(hs).neg_().unsqueeze(1)  # (N, 1, S): wf h / M - t
         a3 = a.view(1, c, 1)
         v3 = None if v is None else v.unsqueeze(1)
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, n * c))
+        chunk = pixel_chunk(n, c, s)
         for lo in range(0, s, chunk):
             sl = slice(lo, lo + chunk)
             factor = coef[:, :, sl] + a3
@@ -271,9 +294,3 @@ class _FocalDice(torch.autograd.Function):
         p.scatter_add_(1, y1, pb.sub_(hs).unsqueeze(1))
         ctx.save_for_backward(p)
         return total, focal, dice
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_total,) + (None,) * 8

@@ -16,55 +16,41 @@ keeps one (N, C, S) tensor between forward and backward and allocates no other f
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from seglosses._inputs import (
-    Prepared,
-    as_class_vector,
-    check_mode,
-    check_non_negative,
-    check_reduction,
-    prepare,
-)
+from seglosses._inputs import Prepared, as_class_vector, check_reduction, prepare
+from seglosses._shared import ClassValues, hinted, option_values, options_repr, pixel_chunk
+from seglosses.checks import check_bool, check_ignore_index, check_number
+from seglosses.distributed import distributed_world
+from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
 
 __all__ = ["DiceLoss", "dice_loss"]
 
 # Lower bound of the Dice coefficient inside ``-log`` (log_loss): caps a class's loss at about 16.1.
 LOG_CLAMP = 1e-7
-# The multiclass backward works in pixel chunks whose (N, C, chunk) temporaries hold at most
-# max(CHUNK_ELEMENTS, numel / 4) elements: few ops (each one stalls on a busy CPU), little memory.
-CHUNK_ELEMENTS = 2**21
+# The options of DiceLoss shown by its repr, and (with class_weights) passed on to dice_loss.
+_REPR_OPTIONS = (
+    "mode", "smooth", "power", "ignore_index", "per_image", "log_loss", "include_background",
+    "from_logits", "reduction", "sync_ddp",
+)  # fmt: skip
 
 
-def _check_power(power: float) -> None:
-    number = isinstance(power, (int, float)) and not isinstance(power, bool)
-    if not number or not math.isfinite(power) or power < 1:
-        raise ValueError(
-            f"power must be a finite number >= 1 (1: standard soft Dice, 2: squared denominator as in "
-            f"V-Net); got {power!r}. Below 1 the gradient of p ** power is infinite at p = 0"
-        )
-
-
-def _check_options(mode: str, smooth: float, power: float, reduction: str) -> None:
+def _check_options(
+    mode: str, smooth: float, power: float, ignore_index: int | None, reduction: str, sync_ddp: bool
+) -> None:
+    """The checks that need no input, shared by :func:`dice_loss` and :class:`DiceLoss`."""
     check_mode(mode)
     check_reduction(reduction)
-    check_non_negative("smooth", smooth)
-    _check_power(power)
-
-
-def _check_sync(sync_ddp: bool) -> None:
-    if not isinstance(sync_ddp, bool):
-        raise ValueError(f"sync_ddp must be True or False, got {sync_ddp!r}")
-
-
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    check_number(smooth, "smooth", minimum=0)
+    with hinted(
+        " (1: standard soft Dice, 2: squared denominator as in V-Net); below 1 the gradient of "
+        "p ** power is infinite at p = 0"
+    ):
+        check_number(power, "power", minimum=1)
+    check_ignore_index(ignore_index)
+    check_bool(sync_ddp, "sync_ddp")
 
 
 def _all_reduce_sums(*sums: Tensor) -> tuple[Tensor, ...]:
@@ -82,9 +68,9 @@ def _included_classes(
 ) -> Tensor:
     """(C,) bool mask of the classes that enter the average."""
     include = torch.ones(num_classes, dtype=torch.bool, device=device)
-    if not include_background and mode != "binary":
+    if not include_background and mode != BINARY_MODE:
         include[0] = False
-    if mode == "multiclass" and ignore_index is not None and 0 <= ignore_index < num_classes:
+    if mode == MULTICLASS_MODE and ignore_index is not None and 0 <= ignore_index < num_classes:
         include[ignore_index] = False
     if not bool(include.any()):
         raise ValueError(
@@ -153,10 +139,8 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         a_row = grad_pred.unsqueeze(1)  # (N, 1, C)
         if power == 1:
             t = torch.baddbmm(pb, a_row, grad)  # (N, 1, S)
-        n, c, s = grad.shape
-        chunk = max(1, max(CHUNK_ELEMENTS, n * c * s // 4) // max(1, n * c))
-        chunk = -(-s // -(-s // chunk)) if s else 1  # equal chunks
-        for lo in range(0, s, chunk):
+        chunk = pixel_chunk(*grad.shape)
+        for lo in range(0, grad.shape[2], chunk):
             sl = slice(lo, lo + chunk)
             p = grad[:, :, sl]
             if power == 1:
@@ -189,7 +173,7 @@ def _dice_sums(prep: Prepared, power: float, from_logits: bool, mode: str) -> tu
         return inter, pred, card
 
     if from_logits:
-        p = x.softmax(1) if mode == "multiclass" else x.sigmoid()
+        p = x.softmax(1) if mode == MULTICLASS_MODE else x.sigmoid()
     else:
         p = x
     g = prep.target  # (N, C, S), ignored elements already 0
@@ -209,7 +193,7 @@ def dice_loss(
     mode: str = "multiclass",
     smooth: float = 1.0,
     power: float = 1,
-    class_weights: float | Sequence[float] | Tensor | None = None,
+    class_weights: ClassValues = None,
     ignore_index: int | None = None,
     per_image: bool = False,
     log_loss: bool = False,
@@ -281,8 +265,7 @@ def dice_loss(
             average over, all included weights 0, or input/target shapes, dtypes or values that do not
             fit ``mode`` (see :func:`seglosses._inputs.prepare`).
     """
-    _check_options(mode, smooth, power, reduction)
-    _check_sync(sync_ddp)
+    _check_options(mode, smooth, power, ignore_index, reduction, sync_ddp)
     prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
     x = prep.input
     n, num_classes, _ = x.shape
@@ -299,7 +282,7 @@ def dice_loss(
     inter, pred, card = _dice_sums(prep, power, from_logits, mode)
     if not per_image:
         inter, pred, card = inter.sum(0), pred.sum(0), card.sum(0)
-        if sync_ddp and _distributed():
+        if sync_ddp and distributed_world() is not None:
             inter, pred, card = _all_reduce_sums(inter, pred, card)
 
     numerator = 2 * inter + smooth
@@ -322,10 +305,41 @@ def dice_loss(
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice loss module; see :func:`dice_loss` for the formula, shapes and reductions.
+    r"""Soft Dice loss module; see :func:`dice_loss` for the formula, the arguments and the reductions.
 
     The keyword arguments are stored as attributes of the same names; ``class_weights`` (if given) is
-    a non-persistent (C,) float buffer so that it follows ``.to(device)``.
+    a non-persistent (C,) float32 buffer so that it follows ``.to(device)``.
+
+    Shape:
+        ``*`` is any number of spatial dims, including none.
+
+        - multiclass: input (N, C, \*) logits; target (N, \*) integer class ids in [0, C) (or
+          ``ignore_index``), or (N, C, \*) class probabilities.
+        - binary: input (N, \*) or (N, 1, \*) logits, one class (C = 1); target of the input's shape,
+          in [0, 1].
+        - multilabel: input (N, C, \*) logits; target (N, C, \*), in [0, 1].
+        - output: a scalar for ``reduction="mean"`` or ``"sum"``; for ``"none"`` the weighted per-class
+          losses, (C,), or (N, C) with ``per_image=True``. float32 for fp16/bf16 input.
+
+    Examples::
+
+        >>> import torch
+        >>> from torch.nn.functional import one_hot
+        >>> from seglosses import DiceLoss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(2, 3, 8, generator=gen)  # (N, C, S): one spatial dim
+        >>> labels = torch.randint(0, 3, (2, 8), generator=gen)  # (N, S)
+        >>> DiceLoss(reduction="none")(logits, labels).shape  # one loss per class
+        torch.Size([3])
+        >>> DiceLoss(per_image=True, reduction="none")(logits, labels).shape
+        torch.Size([2, 3])
+        >>> p, g = logits.softmax(1), one_hot(labels, 3).movedim(-1, 1).float()
+        >>> d = (2 * (p * g).sum((0, 2)) + 1.0) / (p.sum((0, 2)) + g.sum((0, 2)) + 1.0)  # batch Dice
+        >>> torch.allclose(DiceLoss(smooth=1.0)(logits, labels), 1 - d.mean())
+        True
+        >>> perfect = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])  # probabilities (N=1, C=2, S=3)
+        >>> DiceLoss(from_logits=False, smooth=0.0)(perfect, torch.tensor([[0, 1, 1]]))
+        tensor(0.)
     """
 
     class_weights: Tensor | None
@@ -336,7 +350,7 @@ class DiceLoss(nn.Module):
         mode: str = "multiclass",
         smooth: float = 1.0,
         power: float = 1,
-        class_weights: float | Sequence[float] | Tensor | None = None,
+        class_weights: ClassValues = None,
         ignore_index: int | None = None,
         per_image: bool = False,
         log_loss: bool = False,
@@ -346,8 +360,7 @@ class DiceLoss(nn.Module):
         sync_ddp: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(mode, smooth, power, reduction)
-        _check_sync(sync_ddp)
+        _check_options(mode, smooth, power, ignore_index, reduction, sync_ddp)
         self.mode = mode
         self.smooth = smooth
         self.power = power
@@ -363,26 +376,7 @@ class DiceLoss(nn.Module):
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return dice_loss(
-            input,
-            target,
-            mode=self.mode,
-            smooth=self.smooth,
-            power=self.power,
-            class_weights=self.class_weights,
-            ignore_index=self.ignore_index,
-            per_image=self.per_image,
-            log_loss=self.log_loss,
-            include_background=self.include_background,
-            from_logits=self.from_logits,
-            reduction=self.reduction,
-            sync_ddp=self.sync_ddp,
-        )
+        return dice_loss(input, target, **option_values(self, (*_REPR_OPTIONS, "class_weights")))
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, smooth={self.smooth}, power={self.power}, "
-            f"ignore_index={self.ignore_index}, per_image={self.per_image}, log_loss={self.log_loss}, "
-            f"include_background={self.include_background}, from_logits={self.from_logits}, "
-            f"reduction={self.reduction!r}, sync_ddp={self.sync_ddp}"
-        )
+        return options_repr(self, _REPR_OPTIONS)

@@ -9,26 +9,19 @@ including ``0 < gamma < 1`` where ``(1 - p) ** gamma`` has an infinite derivativ
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-from seglosses._inputs import (
-    Prepared,
-    as_class_vector,
-    check_mode,
-    check_non_negative,
-    check_reduction,
-    prepare,
-)
+from seglosses._inputs import Prepared, as_class_vector, check_reduction, prepare
+from seglosses._shared import ClassValues, SavedGradient, focal_factors, option_values, options_repr
+from seglosses.checks import check_ignore_index, check_number
+from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
 
 __all__ = ["CrossEntropyLoss", "FocalLoss", "focal_loss"]
-
-ClassValues = float | Sequence[float] | Tensor | None
 
 # Same clamps as F.binary_cross_entropy: log-probabilities >= -100, gradient denominators >= 1e-12.
 _LOG_MIN = -100.0
@@ -40,22 +33,7 @@ _GRAD_EPS = 1e-12
 # --------------------------------------------------------------------------------------------------
 
 
-def _focal_factors(l: Tensor, gamma: float, need_h: bool) -> tuple[Tensor, Tensor | None]:
-    """For log-probabilities ``l <= 0``: ``f = (1 - e^l)^gamma`` and ``h = -d(f * l)/dl``.
-
-    With ``p = e^l`` and ``r = -l / (1 - p)`` (-> 1 as ``l`` -> 0): ``h = f * (1 + gamma * p * r)``,
-    finite for every ``gamma >= 0`` because ``f * r`` never forms ``0 * inf``.
-    """
-    em1 = torch.expm1(l)  # p - 1, accurate near p = 1
-    f = em1.neg().pow_(gamma)  # pow(0, 0) = 1
-    if not need_h:
-        return f, None
-    r = l.div(em1).nan_to_num_(nan=1.0)  # 0 / 0 only at l = 0, where the limit is 1
-    h = em1.add_(1).mul_(r).mul_(gamma).add_(1).mul_(f)
-    return f, h
-
-
-class _SoftmaxFocal(torch.autograd.Function):
+class _SoftmaxFocal(SavedGradient):
     """Per-pixel softmax focal loss for class-index targets.
 
     input (N, C, S) logits, target (N, S) int64, weight (N, S) or None -> loss (N, S).
@@ -71,7 +49,7 @@ class _SoftmaxFocal(torch.autograd.Function):
             loss = l.neg()
             g = w  # None stands for all ones
         else:
-            f, h = _focal_factors(l, gamma, need_grad)
+            f, h = focal_factors(l, gamma, need_grad)
             loss = f.mul_(l).neg_()
             g = h if w is None or h is None else h.mul_(w)
         if w is not None:
@@ -88,14 +66,8 @@ class _SoftmaxFocal(torch.autograd.Function):
             ctx.save_for_backward(grad)
         return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out.unsqueeze(1), None, None, None
 
-
-class _SigmoidFocal(torch.autograd.Function):
+class _SigmoidFocal(SavedGradient):
     """Element-wise sigmoid focal loss.
 
     x: (N, C, S) logits; t: (N, C, S) targets in [0, 1]; alpha, class_weight: (C,) or None;
@@ -164,32 +136,21 @@ class _SigmoidFocal(torch.autograd.Function):
             ctx.save_for_backward(grad)
         return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None, None, None, None, None
 
-
-class _FocalOfLogProb(torch.autograd.Function):
+class _FocalOfLogProb(SavedGradient):
     """Element-wise ``-(1 - e^l)^gamma * l`` for log-probabilities ``l``, with a finite gradient."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, l: Tensor, gamma: float) -> Tensor:
         need_grad = ctx.needs_input_grad[0]
-        f, h = _focal_factors(l, gamma, need_grad)
+        f, h = focal_factors(l, gamma, need_grad)
         if need_grad:
-            ctx.save_for_backward(h)
+            assert h is not None
+            ctx.save_for_backward(h.neg_())  # d loss / d l = -h
         return f.mul_(l).neg_()
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
-        (h,) = ctx.saved_tensors
-        return -h * grad_out, None
 
-
-class _FocalOfProb(torch.autograd.Function):
+class _FocalOfProb(SavedGradient):
     """Element-wise ``-(1 - p)^gamma * max(log p, -100)`` for probabilities ``p`` in [0, 1].
 
     The derivative of ``log p`` uses ``1 / max(p, 1e-12)`` (as F.binary_cross_entropy does), so the
@@ -203,17 +164,12 @@ class _FocalOfProb(torch.autograd.Function):
         f = one_minus.pow(gamma)
         if ctx.needs_input_grad[0]:
             r = torch.where(one_minus == 0, torch.ones_like(p), log_p.neg() / one_minus)
-            ctx.save_for_backward(f * (r.mul_(gamma) + p.clamp(min=_GRAD_EPS).reciprocal_()))
+            neg_grad = f * (r.mul_(gamma) + p.clamp(min=_GRAD_EPS).reciprocal_())
+            ctx.save_for_backward(neg_grad.neg_())
         return f.mul_(log_p).neg_()
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
-        (neg_grad,) = ctx.saved_tensors
-        return -neg_grad * grad_out, None
 
-
-class _SigmoidFocalOfProb(torch.autograd.Function):
+class _SigmoidFocalOfProb(SavedGradient):
     """Element-wise binary focal loss of probabilities ``p`` and targets ``t`` (same shape), logs
     clamped at -100 and the BCE gradient's denominator at 1e-12 like F.binary_cross_entropy."""
 
@@ -232,22 +188,22 @@ class _SigmoidFocalOfProb(torch.autograd.Function):
             ctx.save_for_backward(grad)
         return f.mul_(bce)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None
-
 
 # --------------------------------------------------------------------------------------------------
 # functional API
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_gamma(gamma: float) -> None:
-    check_non_negative("gamma", gamma)
-    if not math.isfinite(gamma):
-        raise ValueError(f"gamma must be finite, got {gamma}")
+def _check_options(
+    mode: str, gamma: float, alpha: ClassValues, weight: ClassValues, ignore_index: int | None, reduction: str
+) -> None:
+    """The checks that need no input, shared by :func:`focal_loss` and the modules."""
+    check_mode(mode)
+    check_reduction(reduction)
+    check_number(gamma, "gamma", minimum=0)
+    _check_class_values("alpha", alpha, mode)
+    _check_class_values("weight", weight, mode)
+    check_ignore_index(ignore_index)
 
 
 def _check_class_values(name: str, value: ClassValues, mode: str) -> None:
@@ -268,13 +224,13 @@ def _check_class_values(name: str, value: ClassValues, mode: str) -> None:
         )
     if not torch.isfinite(t).all() or (t < 0).any():
         raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
-    if name == "alpha" and mode != "multiclass":
+    if name == "alpha" and mode != MULTICLASS_MODE:
         if (t > 1).any():
             raise ValueError(
                 f"{mode} alpha weighs positives by alpha and negatives by 1 - alpha, so it "
                 f"must lie in [0, 1], got {t.tolist()}"
             )
-        if mode == "binary" and t.numel() != 1:
+        if mode == BINARY_MODE and t.numel() != 1:
             raise ValueError(f"binary alpha must be a single number in [0, 1], got {t.tolist()}")
 
 
@@ -359,11 +315,7 @@ def _focal_loss(
     reduction: str,
     from_logits: bool,
 ) -> Tensor:
-    check_mode(mode)
-    check_reduction(reduction)
-    _check_gamma(gamma)
-    _check_class_values("alpha", alpha, mode)
-    _check_class_values("weight", weight, mode)
+    _check_options(mode, gamma, alpha, weight, ignore_index, reduction)
     if isinstance(target, Tensor) and target.requires_grad:
         raise ValueError(
             "target requires grad, but gradients with respect to the target are not "
@@ -374,7 +326,7 @@ def _focal_loss(
     alpha_vec = as_class_vector("alpha", alpha, c, prep.input)
     weight_vec = as_class_vector("weight", weight, c, prep.input)
     gamma = float(gamma)
-    if mode == "multiclass":
+    if mode == MULTICLASS_MODE:
         if alpha_vec is not None and weight_vec is not None:
             alpha_vec = alpha_vec * weight_vec
         elif weight_vec is not None:
@@ -450,17 +402,57 @@ def focal_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_buffer(value: ClassValues) -> ClassValues:
-    """Per-class values become a float tensor (a buffer, so ``.to(device)`` moves it)."""
+_FOCAL_OPTIONS = ("mode", "gamma", "alpha", "ignore_index", "reduction", "from_logits")
+_CROSS_ENTROPY_OPTIONS = ("mode", "weight", "ignore_index", "reduction", "from_logits")
+
+
+def _set_class_values(module: nn.Module, name: str, value: ClassValues) -> None:
+    """Store ``alpha``/``weight`` on ``module``: a number or None as is, per-class values as a float32
+    (C,) non-persistent buffer, so that ``.to(device)`` moves it."""
     if value is None or isinstance(value, (int, float)):
-        return value
-    return torch.as_tensor(value, dtype=torch.float32).detach().clone()
+        setattr(module, name, value)
+    else:
+        buffer = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+        module.register_buffer(name, buffer, persistent=False)
 
 
 class FocalLoss(nn.Module):
-    r"""Module form of :func:`focal_loss`; see it for shapes and semantics.
+    r"""Focal loss ``-alpha_t (1 - p_t)^gamma log p_t``, the module form of :func:`focal_loss`.
 
-    ``gamma`` is a plain attribute, so a training callback may set ``loss.gamma`` between steps.
+    The keyword arguments and their semantics are those of :func:`focal_loss`; they are stored as
+    attributes of the same names (per-class ``alpha`` as a non-persistent float32 buffer). ``gamma`` is
+    a plain attribute, so a training callback may set ``loss.gamma`` between steps.
+
+    Shape:
+        ``*`` is any number of spatial dims, including none.
+
+        - multiclass: input (N, C, \*) logits; target (N, \*) integer class ids in [0, C) (or
+          ``ignore_index``), or (N, C, \*) class probabilities.
+        - binary: input (N, \*) or (N, 1, \*) logits; target of the input's shape, in [0, 1].
+        - multilabel: input (N, C, \*) logits; target (N, C, \*), in [0, 1].
+        - output: a scalar for ``reduction="mean"`` or ``"sum"``; for ``"none"`` the per-pixel losses,
+          (N, \*) in multiclass mode, else the input's shape. float32 for fp16/bf16 input.
+
+    Examples::
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from seglosses import FocalLoss
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(2, 3, 4, 4, generator=gen)  # logits (N, C, H, W)
+        >>> y = torch.randint(0, 3, (2, 4, 4), generator=gen)  # class ids (N, H, W)
+        >>> loss = FocalLoss(mode="multiclass", gamma=2.0)
+        >>> loss(x, y).shape
+        torch.Size([])
+        >>> FocalLoss(mode="multiclass", reduction="none")(x, y).shape
+        torch.Size([2, 4, 4])
+        >>> torch.allclose(FocalLoss(mode="multiclass", gamma=0.0)(x, y), F.cross_entropy(x, y))
+        True
+        >>> bool(loss(x, y) < F.cross_entropy(x, y))  # easy pixels weigh less
+        True
+        >>> t = torch.randint(0, 2, (2, 1, 4, 4), generator=gen).float()  # binary targets (N, 1, H, W)
+        >>> FocalLoss(mode="binary", alpha=0.25, reduction="none")(x[:, :1], t).shape
+        torch.Size([2, 1, 4, 4])
     """
 
     def __init__(
@@ -474,46 +466,19 @@ class FocalLoss(nn.Module):
         from_logits: bool = True,
     ) -> None:
         super().__init__()
-        check_mode(mode)
-        check_reduction(reduction)
-        _check_gamma(gamma)
-        _check_class_values("alpha", alpha, mode)
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
+        _check_options(mode, gamma, alpha, None, ignore_index, reduction)
         self.mode = mode
         self.gamma = gamma
-        alpha = _as_buffer(alpha)
-        if isinstance(alpha, Tensor):
-            self.register_buffer("alpha", alpha, persistent=False)
-        else:
-            self.alpha = alpha
+        _set_class_values(self, "alpha", alpha)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.from_logits = from_logits
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return _focal_loss(
-            input,
-            target,
-            mode=self.mode,
-            gamma=self.gamma,
-            alpha=self.alpha,
-            weight=None,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            from_logits=self.from_logits,
-        )
+        return _focal_loss(input, target, weight=None, **option_values(self, _FOCAL_OPTIONS))
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, gamma={self.gamma}, alpha={_short(self.alpha)}, "
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"from_logits={self.from_logits}"
-        )
-
-
-def _short(value: ClassValues) -> str:
-    return repr(value.tolist()) if isinstance(value, Tensor) else repr(value)
+        return options_repr(self, _FOCAL_OPTIONS)
 
 
 class CrossEntropyLoss(FocalLoss):
@@ -524,6 +489,26 @@ class CrossEntropyLoss(FocalLoss):
     binary/multilabel: equals ``F.binary_cross_entropy_with_logits(input, target, weight=w)`` with
     ``w`` the per-class ``weight`` broadcast over channel dim 1 (a number in binary mode);
     ``"mean"`` divides by the number of non-ignored elements.
+
+    Shape:
+        As :class:`FocalLoss`: multiclass input (N, C, \*), target (N, \*) class ids or (N, C, \*)
+        probabilities; binary input (N, \*) or (N, 1, \*) and multilabel input (N, C, \*), each with a
+        target of the input's shape. Output: a scalar for ``"mean"``/``"sum"``; for ``"none"`` (N, \*)
+        in multiclass mode, else the input's shape.
+
+    Examples::
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from seglosses import CrossEntropyLoss
+        >>> x = torch.tensor([[[2.0, -1.0], [0.5, 0.0], [-1.0, 3.0]]])  # (N=1, C=3, S=2)
+        >>> y = torch.tensor([[0, 2]])
+        >>> w = torch.tensor([1.0, 2.0, 0.5])
+        >>> loss = CrossEntropyLoss(mode="multiclass", weight=w)
+        >>> torch.allclose(loss(x, y), F.cross_entropy(x, y, weight=w))
+        True
+        >>> CrossEntropyLoss(ignore_index=2, reduction="none")(x, y)
+        tensor([[0.2413, 0.0000]])
     """
 
     def __init__(
@@ -536,19 +521,11 @@ class CrossEntropyLoss(FocalLoss):
         from_logits: bool = True,
     ) -> None:
         super().__init__(
-            mode=mode,
-            gamma=0.0,
-            alpha=None,
-            ignore_index=ignore_index,
-            reduction=reduction,
+            mode=mode, gamma=0.0, alpha=None, ignore_index=ignore_index, reduction=reduction,
             from_logits=from_logits,
-        )
+        )  # fmt: skip
         _check_class_values("weight", weight, mode)
-        weight = _as_buffer(weight)
-        if isinstance(weight, Tensor):
-            self.register_buffer("weight", weight, persistent=False)
-        else:
-            self.weight = weight
+        _set_class_values(self, "weight", weight)
 
     @property
     def gamma(self) -> float:
@@ -563,20 +540,8 @@ class CrossEntropyLoss(FocalLoss):
             )
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return _focal_loss(
-            input,
-            target,
-            mode=self.mode,
-            gamma=0.0,
-            alpha=None,
-            weight=self.weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            from_logits=self.from_logits,
-        )
+        options = option_values(self, _CROSS_ENTROPY_OPTIONS)
+        return _focal_loss(input, target, gamma=0.0, alpha=None, **options)
 
     def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode!r}, weight={_short(self.weight)}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, from_logits={self.from_logits}"
-        )
+        return options_repr(self, _CROSS_ENTROPY_OPTIONS)

@@ -12,6 +12,9 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from seglosses._shared import hinted
+from seglosses.checks import check_choice, check_int, check_number
+
 KINDS = ("constant", "linear", "step", "cosine")
 
 
@@ -52,21 +55,19 @@ class GammaSchedule:
     milestones: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"GammaSchedule kind must be one of {KINDS}, got {self.kind!r}")
-        _check_gamma("gamma_start", self.gamma_start)
-        object.__setattr__(self, "gamma_start", float(self.gamma_start))
+        check_choice(self.kind, "GammaSchedule kind", KINDS)
+        gamma_start = check_number(self.gamma_start, "GammaSchedule gamma_start", minimum=0)
+        object.__setattr__(self, "gamma_start", float(gamma_start))
         if self.kind == "constant":
             return
         if self.gamma_end is None:
             raise ValueError(f"GammaSchedule kind={self.kind!r} needs gamma_end")
-        _check_gamma("gamma_end", self.gamma_end)
-        object.__setattr__(self, "gamma_end", float(self.gamma_end))
+        gamma_end = check_number(self.gamma_end, "GammaSchedule gamma_end", minimum=0)
+        object.__setattr__(self, "gamma_end", float(gamma_end))
         if self.epochs is not None or self.kind != "step":
             if self.epochs is None:
                 raise ValueError(f"GammaSchedule kind={self.kind!r} needs epochs (the number of epochs)")
-            if not _is_int(self.epochs) or self.epochs < 1:
-                raise ValueError(f"GammaSchedule epochs must be an int >= 1, got {self.epochs!r}")
+            check_int(self.epochs, "GammaSchedule epochs", minimum=1)
         if self.kind == "step":
             self._check_milestones()
 
@@ -87,8 +88,8 @@ class GammaSchedule:
 
     def __call__(self, epoch: int) -> float:
         """Gamma for the 0-based ``epoch`` (>= 0); epochs past the end keep the final value."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0 (0-based), got {epoch!r}")
+        with hinted(" (0-based)"):
+            check_int(epoch, "epoch", minimum=0)
         start = self.gamma_start
         if self.kind == "constant":
             return start
@@ -107,13 +108,6 @@ class GammaSchedule:
         if self.kind == "linear":
             return start + (end - start) * t
         return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
-
-
-def _check_gamma(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"GammaSchedule {name} must be a finite number >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"GammaSchedule {name} must be >= 0, got {value}")
 
 
 def _is_int(value: object) -> bool:

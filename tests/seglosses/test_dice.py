@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import seglosses.dice as dice_module
+import seglosses._shared as shared_module
 from seglosses.dice import DiceLoss, dice_loss
 
 
@@ -24,65 +24,67 @@ def _single_thread():
 
 
 # ---------------------------------------------------------------- naive reference (float64, one-hot)
+REFERENCE_DEFAULTS = {
+    "mode": "multiclass", "smooth": 1.0, "power": 1, "class_weights": None, "ignore_index": None,
+    "per_image": False, "log_loss": False, "include_background": True, "from_logits": True,
+    "reduction": "mean",
+}  # fmt: skip
+
+
 def reference_dice(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    mode: str = "multiclass",
-    smooth: float = 1.0,
-    power: float = 1,
-    class_weights=None,
-    ignore_index: int | None = None,
-    per_image: bool = False,
-    log_loss: bool = False,
-    include_background: bool = True,
-    from_logits: bool = True,
-    reduction: str = "mean",
-    keep_graph: bool = False,
+    input: torch.Tensor, target: torch.Tensor, keep_graph: bool = False, **options
 ) -> torch.Tensor:
-    """The documented formula, written out with an explicit one-hot target and mask."""
+    """The documented formula in float64, written out with a one-hot target and a 0/1 mask per element.
+
+    ``options``: the keywords of ``dice_loss`` (defaults in REFERENCE_DEFAULTS); ``keep_graph`` keeps
+    the input's graph for gradient comparisons.
+    """
+    assert set(options) <= set(REFERENCE_DEFAULTS), set(options) - set(REFERENCE_DEFAULTS)
+    o = {**REFERENCE_DEFAULTS, **options}
+    mode, ignore = o["mode"], o["ignore_index"]
     x = input.double() if keep_graph else input.detach().double()
     t = target.detach()
-    if mode == "binary" and not (x.ndim >= 2 and x.shape[1] == 1):
-        x, t = x.unsqueeze(1), t.unsqueeze(1)
+    if mode == "binary" and x.shape[1:2] != (1,):  # (N, *) -> (N, 1, *)
+        x, t = x[:, None], t[:, None]
     num_classes = x.shape[1]
-    if from_logits:
-        p = torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x)
-    else:
+    if not o["from_logits"]:
         p = x
-    if mode == "multiclass" and not t.is_floating_point():
-        valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
-        g = torch.stack([(t == k) & valid for k in range(num_classes)], 1).double()
-        valid = valid.unsqueeze(1).expand_as(g)
+    elif mode == "multiclass":
+        p = torch.softmax(x, 1)
     else:
+        p = torch.sigmoid(x)
+    if mode == "multiclass" and not t.is_floating_point():  # class ids -> one-hot (N, C, *)
+        keep = torch.ones_like(t) if ignore is None else (t != ignore).long()
+        one_hot = torch.nn.functional.one_hot(t * keep, num_classes).movedim(-1, 1)
+        g = (one_hot * keep[:, None]).double()
+        v = keep[:, None].double().expand_as(g)
+    else:  # dense targets: an element equal to ignore_index is left out
         t = t.double()
-        valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
-        g = torch.where(valid, t, 0.0)
-    v = valid.double()
-    dims = tuple(range(2, x.ndim)) if per_image else (0, *range(2, x.ndim))
+        v = torch.ones_like(t) if ignore is None else (t != ignore).double()
+        g = t * v
+    summed = [d for d in range(x.ndim) if d >= 2 or (d == 0 and not o["per_image"])]
 
-    def total(t: torch.Tensor) -> torch.Tensor:
-        return t.sum(dims) if dims else t  # sum(()) would reduce every dim
+    def pooled(values: torch.Tensor) -> torch.Tensor:
+        return values.sum(summed) if summed else values
 
-    inter = total(p * g * v)
-    pred = total(p**power * v)
-    card = total(g**power * v)
-    den = pred + card + smooth
-    dice = torch.where(den > 0, (2 * inter + smooth) / torch.where(den > 0, den, 1.0), 1.0)
-    loss = -torch.log(dice.clamp_min(1e-7)) if log_loss else 1 - dice
-    w = torch.ones(num_classes, dtype=torch.float64)
-    if class_weights is not None:
-        w = torch.as_tensor(class_weights, dtype=torch.float64).clone()
-    if not include_background and mode != "binary":
-        w[0] = 0
-    if mode == "multiclass" and ignore_index is not None and 0 <= ignore_index < num_classes:
-        w[ignore_index] = 0
-    loss = loss * w
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / (w.sum() * (x.shape[0] if per_image else 1))
+    numerator = 2 * pooled(p * g * v) + o["smooth"]
+    denominator = pooled(p ** o["power"] * v) + pooled(g ** o["power"] * v) + o["smooth"]
+    zero = denominator == 0
+    dice = torch.where(zero, torch.ones_like(denominator), numerator / torch.where(zero, 1.0, denominator))
+    per_class = -dice.clamp_min(1e-7).log() if o["log_loss"] else 1 - dice
+    weights = [1.0] * num_classes if o["class_weights"] is None else [float(w) for w in o["class_weights"]]
+    for k in range(num_classes):
+        background_dropped = k == 0 and mode != "binary" and not o["include_background"]
+        if background_dropped or (mode == "multiclass" and k == ignore):
+            weights[k] = 0.0
+    w = torch.tensor(weights, dtype=torch.float64)
+    weighted = per_class * w
+    if o["reduction"] == "none":
+        return weighted
+    if o["reduction"] == "sum":
+        return weighted.sum()
+    images = x.shape[0] if o["per_image"] else 1
+    return weighted.sum() / (images * w.sum())
 
 
 # ---------------------------------------------------------------- inputs
@@ -324,7 +326,7 @@ def test_chunked_backward_matches_single_chunk(monkeypatch, power):
     x.requires_grad_(True)
     kwargs = dict(ignore_index=255, power=power, class_weights=[1.0, 2.0, 0.5, 1.5])
     (whole,) = torch.autograd.grad(dice_loss(x, y, **kwargs), x)
-    monkeypatch.setattr(dice_module, "CHUNK_ELEMENTS", 16)  # 35 pixels: 5 chunks of 7 (numel / 4 rules)
+    monkeypatch.setattr(shared_module, "CHUNK_ELEMENTS", 16)  # 35 pixels: 5 chunks of 7 (numel / 4 rules)
     (chunked,) = torch.autograd.grad(dice_loss(x, y, **kwargs), x)
     torch.testing.assert_close(chunked, whole)
     assert torch.autograd.gradcheck(lambda inp: dice_loss(inp, y, **kwargs), (x,))
@@ -490,8 +492,9 @@ def test_module_stores_options_and_matches_function():
     ("kwargs", "message"),
     [
         ({"smooth": -1.0}, "smooth must be >= 0"),
-        ({"smooth": float("nan")}, "smooth must be >= 0"),
-        ({"power": 0.5}, "power must be a finite number >= 1"),
+        ({"smooth": float("nan")}, "smooth must be a finite number >= 0"),
+        ({"smooth": float("inf")}, "smooth must be a finite number >= 0"),
+        ({"power": 0.5}, r"power must be >= 1, got 0.5 \(1: standard soft Dice"),
         ({"power": float("inf")}, "power must be a finite number >= 1"),
         ({"power": True}, "power must be a finite number >= 1"),
         ({"power": "2"}, "power must be a finite number >= 1"),

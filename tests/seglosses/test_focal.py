@@ -666,9 +666,9 @@ _T = torch.rand(2, 3, 4).round()
     "kwargs,target,match",
     [
         ({"gamma": -0.5}, _Y, "gamma must be >= 0"),
-        ({"gamma": float("nan")}, _Y, "gamma must be >= 0"),
-        ({"gamma": float("inf")}, _Y, "gamma must be finite"),
-        ({"gamma": "2"}, _Y, "gamma must be a number"),
+        ({"gamma": float("nan")}, _Y, "gamma must be a finite number >= 0, got nan"),
+        ({"gamma": float("inf")}, _Y, "gamma must be a finite number >= 0, got inf"),
+        ({"gamma": "2"}, _Y, "gamma must be a finite number >= 0, got '2'"),
         ({"alpha": [1.0, 2.0]}, _Y, r"one value per class \(3\)"),
         ({"alpha": [1.0, -2.0, 1.0]}, _Y, "alpha must be finite and >= 0"),
         ({"alpha": [[1.0, 2.0, 3.0]]}, _Y, "1-D"),
