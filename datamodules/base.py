@@ -12,9 +12,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 
+from seglosses.checks import check_int
+from seglosses.distributed import distributed_world
+
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
-from .samplers import UnpaddedDistributedSampler, distributed_world
+from .samplers import UnpaddedDistributedSampler
 from .statistics import LabelStatistics, cached_statistics, default_cache_dir
 
 
@@ -57,13 +60,14 @@ class SegDataModule(pl.LightningDataModule):
     ``mask`` int64 (B, H, W) (multilabel: (B, C, H, W) {0, 1}) with ignore_index kept, ``name`` list[str].
 
     Args:
-        num_classes: model output channels (binary: 1).
+        num_classes: model output channels, by the rules of :mod:`seglosses.modes` (binary: 1;
+            multiclass: >= 2; multilabel: >= 1).
         class_names: one name per class (default ``class_0 ...``).
         ignore_index: mask value to ignore, or None.
-        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
+        mode: one of :data:`seglosses.modes.MODES` (``"binary"``, ``"multiclass"``, ``"multilabel"``).
         in_channels: 1 or 3.
         batch_size: training batch size.
-        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        eval_batch_size: validation/test batch size (None: ``batch_size``).
         num_workers: DataLoader workers (also used by the statistics pass).
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
@@ -110,19 +114,16 @@ class SegDataModule(pl.LightningDataModule):
                 f"datamodule.class_names has {len(class_names)} names but num_classes={num_classes}: "
                 f"{class_names}"
             )
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"datamodule.{name} must be an int >= 1, got {value!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"datamodule.num_workers must be an int >= 0, got {num_workers!r}")
-        self.num_classes = num_classes
+        self.batch_size = check_int(batch_size, "datamodule.batch_size", minimum=1)
+        self.eval_batch_size = self.batch_size
+        if eval_batch_size is not None:
+            self.eval_batch_size = check_int(eval_batch_size, "datamodule.eval_batch_size", minimum=1)
+        self.num_workers = check_int(num_workers, "datamodule.num_workers", minimum=0)
+        self.num_classes = self.labels.num_classes
         self.class_names = class_names
-        self.ignore_index = ignore_index
+        self.ignore_index = self.labels.ignore_index
         self.mode = mode
         self.in_channels = in_channels
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
@@ -225,10 +226,10 @@ class SegDataModule(pl.LightningDataModule):
         def compute() -> LabelStatistics:
             return cached_statistics(self.statistics_key(), self.compute_label_statistics, cache)
 
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            box: list[Any] = [compute() if dist.get_rank() == 0 else None]
-            dist.broadcast_object_list(box, src=0)
+        world = distributed_world()
+        if world is not None:
+            box: list[Any] = [compute() if world[0] == 0 else None]
+            torch.distributed.broadcast_object_list(box, src=0)
             return box[0]
         return compute()
 

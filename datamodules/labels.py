@@ -3,13 +3,17 @@
 A mask is a single-channel integer image. After the optional ``value_map`` its values must be:
 
 - ``"multiclass"``: class ids ``0 .. num_classes - 1``;
-- ``"binary"``: ``0`` (background) or ``1`` (foreground), with ``num_classes = 1`` (one output channel);
+- ``"binary"``: ``0`` (background) or ``1`` (foreground);
 - ``"multilabel"``: bit flags, bit ``c`` set = class ``c`` present (``0 .. 2**num_classes - 1``),
-  ``num_classes <= 16``;
+  ``num_classes <= 16`` (one bit per class in a 16-bit mask image);
 
 or ``ignore_index``. Targets handed to the model are int64: (H, W) class indices / {0, 1} for
 multiclass and binary, (C, H, W) {0, 1} for multilabel, with ignored pixels equal to ``ignore_index``
 (in every channel for multilabel).
+
+The modes and their ``num_classes`` rules (binary: 1, multiclass: >= 2, multilabel: >= 1) are those of
+:mod:`seglosses.modes`, shared with the losses and models; only what is about mask storage (the
+multilabel limit, the ignore_index range) is checked here.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MODES = ("binary", "multiclass", "multilabel")
+from seglosses.checks import check_ignore_index, check_int
+from seglosses.modes import check_mode, check_num_classes
+
+#: Multilabel masks store one bit per class in a (at most) 16-bit image.
 MAX_MULTILABEL_CLASSES = 16
+#: Largest value of an unsigned 16-bit mask image.
+MAX_MASK_VALUE = 65535
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,9 @@ class LabelSpec:
     """Label encoding of a data set.
 
     Args:
-        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        num_classes: output channels of the model (1 for binary).
+        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"`` (:data:`seglosses.modes.MODES`).
+        num_classes: output channels of the model, checked by :func:`seglosses.modes.check_num_classes`
+            (binary: 1; multiclass: >= 2; multilabel: >= 1, and here <= 16).
         ignore_index: mask value excluded from training and statistics, in [0, 65535], or None.
         value_map: stored mask value -> label value, applied before validation (e.g. ``{255: 1}``);
             unmapped values are kept.
@@ -44,33 +54,23 @@ class LabelSpec:
     _map_items: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"datamodule.mode must be one of {MODES}, got {self.mode!r}")
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
-            raise ValueError(f"datamodule.num_classes must be an int >= 1, got {self.num_classes!r}")
-        if self.mode == "binary" and self.num_classes != 1:
+        check_mode(self.mode, "datamodule.mode")
+        num_classes = int(check_num_classes(self.mode, self.num_classes, "datamodule.num_classes"))
+        object.__setattr__(self, "num_classes", num_classes)
+        if self.mode == "multilabel" and num_classes > MAX_MULTILABEL_CLASSES:
             raise ValueError(
-                "binary mode has one output channel: datamodule.num_classes must be 1, "
-                f"got {self.num_classes}"
+                f"multilabel masks store one bit per class in a 16-bit image: datamodule.num_classes must "
+                f"be <= {MAX_MULTILABEL_CLASSES}, got {num_classes}"
             )
-        if self.mode == "multiclass" and self.num_classes < 2:
-            raise ValueError(f"multiclass mode needs num_classes >= 2, got {self.num_classes}")
-        if self.mode == "multilabel" and self.num_classes > MAX_MULTILABEL_CLASSES:
-            raise ValueError(
-                f"multilabel masks store one bit per class in a 16-bit image: num_classes must be <= "
-                f"{MAX_MULTILABEL_CLASSES}, got {self.num_classes}"
-            )
-        ii = self.ignore_index
+        ii = check_ignore_index(self.ignore_index, "datamodule.ignore_index")
         if ii is not None:
-            if isinstance(ii, bool) or not isinstance(ii, int) or not 0 <= ii <= 65535:
+            if not 0 <= ii <= MAX_MASK_VALUE:
                 raise ValueError(
-                    "datamodule.ignore_index must be null or an int in [0, 65535] (masks are unsigned "
-                    f"integer images), got {ii!r}"
+                    f"datamodule.ignore_index must be null or an int in [0, {MAX_MASK_VALUE}] (masks are "
+                    f"unsigned integer images), got {ii!r}"
                 )
+            ii = int(ii)
+            object.__setattr__(self, "ignore_index", ii)
             if ii < self.num_values:
                 raise ValueError(
                     f"datamodule.ignore_index={ii} is also a valid {self.mode} label value "
@@ -78,12 +78,8 @@ class LabelSpec:
                 )
         items: list[tuple[int, int]] = []
         for k, v in dict(self.value_map or {}).items():
-            for name, x in (("key", k), ("value", v)):
-                if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= int(x) <= 65535:
-                    raise ValueError(
-                        f"datamodule.value_map {name}s must be ints in [0, 65535], got {k!r}: {v!r}"
-                    )
-            items.append((int(k), int(v)))
+            key = check_int(k, "datamodule.value_map key", 0, MAX_MASK_VALUE)
+            items.append((key, check_int(v, f"datamodule.value_map[{k!r}]", 0, MAX_MASK_VALUE)))
         object.__setattr__(self, "_map_items", tuple(sorted(items)))
 
     @property

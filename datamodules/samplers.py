@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
-import torch
 from torch.utils.data import DistributedSampler
 
+# Re-exported: the one definition of "part of a multi-process group" is seglosses.distributed's.
+from seglosses.distributed import distributed_world
+
 __all__ = ["UnpaddedDistributedSampler", "distributed_world"]
-
-
-def distributed_world() -> tuple[int, int] | None:
-    """``(rank, world_size)`` of the initialised default process group with more than one process, else
-    None (single process, or called before the group exists)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return None
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

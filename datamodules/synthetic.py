@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from seglosses.checks import check_int
+
 from .base import SegDataModule
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
@@ -195,28 +197,21 @@ class SyntheticDataModule(SegDataModule):
             raise ValueError(
                 f"the synthetic data set is multiclass; datamodule.mode must be 'multiclass', got {mode!r}"
             )
-        if (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or not 2 <= num_classes <= len(SHAPES) + 1
-        ):
-            raise ValueError(
-                f"datamodule.num_classes must be an int in [2, {len(SHAPES) + 1}], got {num_classes!r}"
-            )
+        num_classes = check_int(num_classes, "datamodule.num_classes", 2, len(SHAPES) + 1)
         if class_names is None:
             class_names = ["background", *SHAPES[: num_classes - 1]]
         super().__init__(num_classes=num_classes, class_names=class_names, mode=mode, seed=seed, **kwargs)
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(x) for x in image_size)
-        if len(size) != 2 or min(size) < 16:
+        size = list(image_size) if isinstance(image_size, Sequence) else [image_size, image_size]
+        if len(size) != 2:
             raise ValueError(
                 f"datamodule.image_size must be an int or (H, W), each >= 16, got {image_size!r}"
             )
-        self.image_size = list(size)
-        self.split_sizes = {"train": num_train, "val": num_val, "test": num_test}
-        for split, n in self.split_sizes.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"datamodule.num_{split} must be an int >= 1, got {n!r}")
-        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.image_size = [check_int(x, "datamodule.image_size (H, W each)", minimum=16) for x in size]
+        self.split_sizes = {
+            split: check_int(n, f"datamodule.num_{split}", minimum=1)
+            for split, n in (("train", num_train), ("val", num_val), ("test", num_test))
+        }
+        self.num_train, self.num_val, self.num_test = self.split_sizes.values()
 
     def make_dataset(self, split: str) -> SyntheticDataset:
         transform = self.train_transform if split == "train" else self.eval_transform

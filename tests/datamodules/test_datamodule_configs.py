@@ -1,8 +1,9 @@
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from datamodules import FolderDataModule, SyntheticDataModule
-from tests.datamodules.helpers import CAMVID, compose_config
+from tests.datamodules.helpers import CAMVID, CONF_DIR, compose_config
 
 METHODS = ["inverse", "inverse_sqrt", "median_frequency", "enet", "effective_number"]
 
@@ -69,3 +70,89 @@ def test_class_weight_options(method):
 def test_class_weights_none_is_null():
     cfg = compose_config(["+class_weights=none"])
     assert cfg.class_weights is None and instantiate(cfg.class_weights) is None
+
+
+# -- the keys every option shares live in conf/datamodule/common/loader.yaml -----------------------------
+COMMON = CONF_DIR / "datamodule" / "common" / "loader.yaml"
+LOADER_KEYS = {
+    "ignore_index",
+    "mode",
+    "in_channels",
+    "seed",
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "drop_last",
+    "stats_cache_dir",
+    "progress",
+}
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+# The composed loader settings of each option, as they were when every option spelled them out.
+OPTIONS = {
+    "synthetic": (
+        [],
+        SyntheticDataModule,
+        {
+            "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 16,
+            "eval_batch_size": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False,
+            "drop_last": False, "stats_cache_dir": None, "progress": True, "num_classes": 5,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        },
+    ),
+    "folder": (
+        ["datamodule.num_classes=3"],
+        FolderDataModule,
+        {
+            "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 3,
+            "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [256, 256],
+        },
+    ),
+    "camvid": (
+        [],
+        FolderDataModule,
+        {
+            "ignore_index": 11, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 11,
+            "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [352, 480],
+        },
+    ),
+}  # fmt: skip
+
+
+def test_common_loader_file_holds_the_shared_keys():
+    assert set(OmegaConf.load(COMMON)) == LOADER_KEYS
+
+
+@pytest.mark.parametrize("option", ["folder", "synthetic"])
+def test_options_merge_the_common_file_and_only_override_it(option):
+    raw = OmegaConf.load(CONF_DIR / "datamodule" / f"{option}.yaml")
+    assert "common/loader@_here_" in raw.defaults
+    assert raw.defaults.index("common/loader@_here_") < raw.defaults.index("_self_")  # options override it
+    common = OmegaConf.load(COMMON)
+    copied = [k for k in LOADER_KEYS if k in raw and raw[k] == common[k]]
+    assert not copied, f"{option}.yaml repeats common/loader.yaml values {copied}: drop them"
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_every_option_composes_and_instantiates_as_before(option, tmp_path):
+    overrides, cls, expected = OPTIONS[option]
+    root = [] if option == "synthetic" else [f"datamodule.root={tmp_path}"]
+    cfg = compose_config([f"+datamodule={option}", *root, *overrides])
+    node = OmegaConf.to_container(cfg.datamodule, resolve=True)
+    assert {k: node[k] for k in expected} == expected
+    assert LOADER_KEYS <= set(node)
+    dm = instantiate(cfg.datamodule)
+    assert type(dm) is cls
+    for key, value in expected.items():
+        if key == "eval_batch_size":
+            value = expected["batch_size"]  # null: batch_size
+        assert getattr(dm, key) == value, key
+    # the pipelines normalise with the option's mean/std and pad masks with its ignore_index
+    normalize, pad = cfg.datamodule.eval_transform.transforms
+    assert (list(normalize.mean), list(normalize.std)) == (expected["mean"], expected["std"])
+    assert pad.fill_mask == expected["ignore_index"]

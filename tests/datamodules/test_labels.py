@@ -79,3 +79,29 @@ def test_sixteen_bit_storage_for_large_ignore():
 def test_invalid_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LabelSpec(**kwargs)
+
+
+@pytest.mark.parametrize(("mode", "num_classes"), [("binary", 2), ("multiclass", 1), ("multilabel", 0)])
+def test_num_classes_rules_are_those_of_seglosses_modes(mode, num_classes):
+    from seglosses.modes import check_num_classes
+
+    with pytest.raises(ValueError) as shared:
+        check_num_classes(mode, num_classes, "datamodule.num_classes")
+    with pytest.raises(ValueError) as here:
+        LabelSpec(mode, num_classes)
+    assert str(here.value) == str(shared.value)
+
+
+def test_numpy_ints_are_stored_as_ints():
+    spec = LabelSpec("multiclass", np.int64(3), np.int64(255), {np.int64(7): np.int64(1)})
+    assert (type(spec.num_classes), type(spec.ignore_index)) == (int, int)
+    assert spec == LabelSpec("multiclass", 3, 255, {7: 1})
+
+
+@pytest.mark.parametrize(
+    ("value_map", "match"),
+    [({70000: 1}, r"value_map key must be an int in \[0, 65535\]"), ({7: True}, r"value_map\[7\]")],
+)
+def test_invalid_value_map(value_map, match):
+    with pytest.raises(ValueError, match=match):
+        LabelSpec("multiclass", 3, 255, value_map)

@@ -73,8 +73,20 @@ def test_more_classes_and_grayscale():
         ({"mode": "binary"}, "multiclass"),
         ({"num_train": 0}, "num_train"),
         ({"image_size": 8}, "image_size"),
+        ({"image_size": [64, 64.5]}, "image_size"),
+        ({"batch_size": True}, r"datamodule\.batch_size must be an int >= 1, got True"),
+        ({"eval_batch_size": 0}, r"datamodule\.eval_batch_size must be an int >= 1"),
+        ({"num_workers": -1}, r"datamodule\.num_workers must be an int >= 0"),
     ],
 )
 def test_invalid_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         _dm(**kw)
+
+
+def test_distributed_world_is_the_shared_one():
+    from datamodules import samplers
+    from seglosses import distributed
+
+    assert samplers.distributed_world is distributed.distributed_world
+    assert samplers.distributed_world() is None  # no process group in tests
