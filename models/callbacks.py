@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from seglosses.checks import check_int
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 
 __all__ = [
@@ -177,13 +178,9 @@ class PredictionGridCallback(pl.Callback):
 
     def __init__(self, dirpath: str | None = None, num_samples: int = 4, every_n_epochs: int = 1) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be an int >= 1, got {every_n_epochs!r}")
         self.dirpath = dirpath
-        self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", minimum=1)
         self._samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self._multilabel = False
         self.last_path: Path | None = None

@@ -51,8 +51,9 @@ def check_checkpoint(
     saved = checkpoint.get("hyper_parameters") or {}
     current = getattr(module, "hparams", {}) or {}
     for key in HPARAMS_CHECKED:
-        if key in saved and key in current and _plain(saved[key]) != _plain(current[key]):
-            problems.append(f"{key}: checkpoint {_plain(saved[key])!r}, model {_plain(current[key])!r}")
+        in_checkpoint, in_model = _tuples_to_lists(saved.get(key)), _tuples_to_lists(current.get(key))
+        if key in saved and key in current and in_checkpoint != in_model:
+            problems.append(f"{key}: checkpoint {in_checkpoint!r}, model {in_model!r}")
 
     state = checkpoint["state_dict"]
     expected = module.state_dict()
@@ -90,7 +91,9 @@ def load_checkpoint_weights(module: nn.Module, path: str | Path) -> dict[str, An
     return checkpoint
 
 
-def _plain(value: Any) -> Any:
+def _tuples_to_lists(value: Any) -> Any:
+    """``value`` with every list and tuple in it made a list, so that saved and current hyperparameters
+    compare equal whichever sequence type each side holds."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_tuples_to_lists(v) for v in value]
     return value

@@ -15,19 +15,20 @@ from torch.optim import Optimizer
 
 from models.metrics import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
 from models.report import print_class_table, summarize
+from seglosses.checks import check_choice, check_ignore_index
+from seglosses.modes import BINARY_MODE, MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
 
 __all__ = ["SegmentationModule"]
 
-SUPPORTED_MODES = ("binary", "multiclass", "multilabel")
 EVAL_STAGES = ("val", "test")
+SCHEDULER_INTERVALS = ("epoch", "step")
 
 
 class SegmentationModule(pl.LightningModule):
     """Trains ``network`` with ``loss``; logs every loss term and per-class metrics by class name.
 
     Args:
-        network: maps images (B, C_in, H, W) to logits (B, C_out, H, W); C_out = 1 in binary mode,
-            ``num_classes`` in multiclass and multilabel mode.
+        network: maps images (B, C_in, H, W) to logits (B, num_classes, H, W).
         loss: ``loss(logits, target)`` -> scalar. Multiclass: target is the int64 mask (B, H, W);
             binary: the mask as float (B, 1, H, W); multilabel: the mask as float (B, C, H, W) (binary and
             multilabel: ignored elements keep the value ``ignore_index``, which seglosses compares per
@@ -35,8 +36,9 @@ class SegmentationModule(pl.LightningModule):
             If it has a ``last_values: dict[str, Tensor]`` attribute (``seglosses.CombinedLoss``), each term
             is logged as ``<stage>/loss/<name>``.
         optimizer: ``optimizer(params=...)`` -> Optimizer (a Hydra partial such as ``torch.optim.AdamW``).
-        num_classes: classes of the data set; binary mode: 1 or 2 (metrics always score background and
-            foreground); multilabel: the number of labels (output channels).
+        num_classes: classes the network predicts, its output channels (:mod:`seglosses.modes`): binary 1,
+            the foreground (metrics score background and foreground); multiclass >= 2; multilabel the
+            number of labels.
         class_names: one name per scored class, used in metric keys (``val/iou/<name>``); default
             ``class_0``, ... (binary: ``background``, ``foreground``; a single name is the foreground).
         ignore_index: mask value left out of loss and metrics (``None``: none).
@@ -73,22 +75,9 @@ class SegmentationModule(pl.LightningModule):
         print_tables: bool = True,
     ) -> None:
         super().__init__()
-        if mode not in SUPPORTED_MODES:
-            raise ValueError(
-                f"SegmentationModule mode must be one of {SUPPORTED_MODES}, got {mode!r}"
-            )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        if mode == "binary" and num_classes not in (1, 2):
-            raise ValueError(
-                f"binary mode needs num_classes 1 or 2 (background, foreground), got {num_classes}"
-            )
-        if mode == "multiclass" and num_classes < 2:
-            raise ValueError(f"multiclass mode needs num_classes >= 2, got {num_classes}")
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        check_num_classes(check_mode(mode), num_classes)
+        check_ignore_index(ignore_index)
+        check_choice(scheduler_interval, "scheduler_interval", SCHEDULER_INTERVALS)
         self.network = network
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -99,9 +88,9 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.print_tables = print_tables
-        self.metric_classes = 2 if mode == "binary" else num_classes
+        self.metric_classes = scored_classes(mode, num_classes)
         self.class_names = _class_names(class_names, self.metric_classes, mode)
-        metric_type = MultilabelSegmentationMetrics if mode == "multilabel" else SegmentationMetrics
+        metric_type = MultilabelSegmentationMetrics if mode == MULTILABEL_MODE else SegmentationMetrics
         self.metrics = nn.ModuleDict(
             {stage: metric_type(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
         )
@@ -122,20 +111,20 @@ class SegmentationModule(pl.LightningModule):
         return self.network(images)
 
     def predict_classes(self, logits: Tensor) -> Tensor:
-        """(B, C_out, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0);
+        """(B, num_classes, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0);
         multilabel: (B, C, H, W) int64, 1 where the label's logit > 0 (sigmoid > 0.5)."""
-        if self.mode == "binary":
+        if self.mode == BINARY_MODE:
             return (logits[:, 0] > 0).long()
-        if self.mode == "multilabel":
+        if self.mode == MULTILABEL_MODE:
             return (logits > 0).long()
         return logits.argmax(dim=1)
 
     def loss_target(self, mask: Tensor) -> Tensor:
         """The mask in the form ``loss`` expects: multiclass (B, H, W) int64; binary (B, 1, H, W) float;
         multilabel (B, C, H, W) float. Ignored elements keep the value ``ignore_index``."""
-        if self.mode == "binary":
+        if self.mode == BINARY_MODE:
             return mask.unsqueeze(1).float()
-        if self.mode == "multilabel":
+        if self.mode == MULTILABEL_MODE:
             return mask.float()
         return mask
 
@@ -169,7 +158,7 @@ class SegmentationModule(pl.LightningModule):
     def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
         images, mask = _unpack(batch, self.mode, self.num_classes)
         logits = self(images)
-        expected = (images.shape[0], 1 if self.mode == "binary" else self.num_classes, *mask.shape[-2:])
+        expected = (images.shape[0], self.num_classes, *mask.shape[-2:])
         if tuple(logits.shape) != expected:
             raise ValueError(
                 f"network output has shape {tuple(logits.shape)}, expected {expected} (batch, classes, "
@@ -254,11 +243,11 @@ def _has_float_gamma(module: nn.Module) -> bool:
 
 def _class_names(names: Sequence[str] | None, num_classes: int, mode: str) -> list[str]:
     if names is None:
-        if mode == "binary":
+        if mode == BINARY_MODE:
             return ["background", "foreground"]
         return [f"class_{i}" for i in range(num_classes)]
     names = [str(n) for n in names]
-    if mode == "binary" and len(names) == 1:
+    if mode == BINARY_MODE and len(names) == 1:
         names = ["background", *names]
     if len(names) != num_classes:
         raise ValueError(
@@ -276,7 +265,7 @@ def _unpack(batch: Mapping[str, Any], mode: str, num_classes: int) -> tuple[Tens
     images, mask = batch["image"], batch["mask"]
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"batch['image'] must be a float tensor (B, C, H, W), got {_describe(images)}")
-    multilabel = mode == "multilabel"
+    multilabel = mode == MULTILABEL_MODE
     if multilabel:
         ndim, what = 4, f"multilabel {{0, 1}} flags (B, {num_classes}, H, W)"
     else:

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from seglosses.checks import check_int
+from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_num_classes, output_channels
+
 __all__ = [
     "MIN_FREQUENCY",
     "build_network",
@@ -22,34 +25,11 @@ __all__ = [
     "prior_bias",
 ]
 
-MODES = ("binary", "multiclass", "multilabel")
 # Frequencies are clamped to [MIN_FREQUENCY, 1 - MIN_FREQUENCY] before the log: a class never seen in
 # the training labels gets a finite bias (log 1e-6 = -13.8) instead of -inf.
 MIN_FREQUENCY = 1e-6
 # RetinaNet (Lin et al. 2017) draws the final conv weights from N(0, 0.01^2) when the bias carries the prior.
 HEAD_WEIGHT_STD = 0.01
-
-
-def output_channels(mode: str, num_classes: int) -> int:
-    """Channels of the network output for a loss ``mode``.
-
-    ``binary``: 1 (one foreground logit; ``num_classes`` is 1 or 2, background + foreground);
-    ``multiclass`` and ``multilabel``: ``num_classes``.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-    if mode == "binary":
-        if num_classes not in (1, 2):
-            raise ValueError(
-                f"binary mode has one foreground class (num_classes 1 or 2 with background), got "
-                f"num_classes={num_classes}; use mode='multiclass' for more classes"
-            )
-        return 1
-    if mode == "multiclass" and num_classes < 2:
-        raise ValueError(f"multiclass mode needs num_classes >= 2, got {num_classes}; use mode='binary'")
-    return num_classes
 
 
 def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float] | Tensor) -> Tensor:
@@ -62,7 +42,7 @@ def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float]
 
     Args:
         mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        num_classes: as given to :func:`output_channels`.
+        num_classes: classes the network predicts, its output channels (binary: 1).
         frequencies: ``multiclass``: one pixel frequency per class (any positive scale; normalised).
             ``binary``: the foreground prior ``\pi`` as a number (e.g. 0.01), a 1-sequence ``[pi]``,
             or ``[f_background, f_foreground]`` (``\pi = f_fg / (f_bg + f_fg)``).
@@ -70,15 +50,15 @@ def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float]
             Values are clamped to ``[1e-6, 1 - 1e-6]`` so that the bias is finite.
 
     Returns:
-        (C_out,) float32 tensor, ``C_out = output_channels(mode, num_classes)``.
+        (num_classes,) float32 tensor.
     """
-    c_out = output_channels(mode, num_classes)
+    check_num_classes(mode, num_classes)
     if not isinstance(frequencies, (Tensor, int, float)):  # lists, tuples, OmegaConf ListConfig
         frequencies = [float(v) for v in frequencies]
     f = torch.as_tensor(frequencies, dtype=torch.float64).flatten()
     if f.numel() == 0 or not torch.isfinite(f).all() or (f < 0).any():
         raise ValueError(f"prior frequencies must be finite and >= 0, got {f.tolist()}")
-    if mode == "multiclass":
+    if mode == MULTICLASS_MODE:
         if f.numel() != num_classes:
             raise ValueError(
                 f"multiclass prior needs one frequency per class ({num_classes}), "
@@ -88,7 +68,7 @@ def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float]
             raise ValueError(f"multiclass prior frequencies must not all be 0, got {f.tolist()}")
         f = (f / f.sum()).clamp_min(MIN_FREQUENCY)
         return torch.log(f / f.sum()).float()
-    if mode == "binary":
+    if mode == BINARY_MODE:
         if f.numel() == 2:
             if float(f.sum()) <= 0:
                 raise ValueError(f"binary prior frequencies must not both be 0, got {f.tolist()}")
@@ -98,9 +78,9 @@ def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float]
                 "binary prior is the foreground frequency pi (a number or [pi]) or [f_background, "
                 f"f_foreground], got {f.tolist()}"
             )
-    elif f.numel() != c_out:
+    elif f.numel() != num_classes:
         raise ValueError(
-            f"multilabel prior needs one frequency per class ({c_out}), got {f.numel()}: {f.tolist()}"
+            f"multilabel prior needs one frequency per class ({num_classes}), got {f.numel()}: {f.tolist()}"
         )
     if (f > 1).any():
         raise ValueError(f"sigmoid priors are probabilities in [0, 1], got {f.tolist()}")
@@ -151,10 +131,10 @@ def build_network(
     Args:
         arch: a callable returning the network, typically a Hydra partial of an smp class
             (``segmentation_models_pytorch.Unet`` with its decoder options bound).
-        num_classes: classes of the data set (``${datamodule.num_classes}``).
+        num_classes: classes the network predicts (``${datamodule.num_classes}``; see
+            :mod:`seglosses.modes`): binary 1 (the foreground), multiclass >= 2, multilabel the labels.
         in_channels: channels of the input images.
-        mode: loss mode; the network has ``output_channels(mode, num_classes)`` outputs: 1 in binary mode
-            (one sigmoid logit), else ``num_classes``.
+        mode: loss mode; the network has ``num_classes`` outputs (binary: 1, one sigmoid logit).
         encoder_name, encoder_depth: smp encoder options.
         encoder_weights: ``None`` (random init, offline) or a pretrained tag such as ``"imagenet"``,
             downloaded from the Hugging Face Hub on first use.
@@ -166,15 +146,14 @@ def build_network(
             training script); used by ``prior_init`` when ``prior`` is ``None``.
 
     Shape:
-        input (N, in_channels, H, W) -> output (N, C_out, H, W).
+        input (N, in_channels, H, W) -> output (N, num_classes, H, W).
 
     Raises:
         ValueError: bad mode/num_classes, unknown encoder or weights name, prior_init without frequencies.
         RuntimeError: pretrained weights requested but not downloadable (offline).
     """
     classes = output_channels(mode, num_classes)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+    check_int(in_channels, "in_channels", minimum=1)
     kwargs = {
         "encoder_name": encoder_name,
         "encoder_depth": encoder_depth,

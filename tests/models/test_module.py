@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import SegmentationModule
 from models.metrics import MultilabelSegmentationMetrics
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
@@ -125,12 +126,35 @@ def test_non_finite_loss_stops_training(make_module):
         ({"class_names": ["a", "b"]}, "class_names has 2 names"),
         ({"class_names": ["a", "a", "b"]}, "must be unique"),
         ({"ignore_index": 2.5}, "ignore_index must be an int"),
-        ({"scheduler_interval": "batch"}, "scheduler_interval"),
+        ({"scheduler_interval": "batch"}, "scheduler_interval must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, match, make_module):
     with pytest.raises(ValueError, match=match):
         make_module(nn.CrossEntropyLoss(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("mode", "num_classes", "match"),
+    [
+        ("binary", 2, "binary mode has one foreground class.*num_classes must be 1, got 2"),
+        ("multiclass", 1, "multiclass mode needs num_classes >= 2"),
+        ("multilabel", 0, "num_classes must be an int >= 1, got 0"),
+        ("multiclass", 3.0, "num_classes must be an int >= 1, got 3.0"),
+    ],
+)
+def test_num_classes_must_fit_the_mode(mode, num_classes, match):
+    # The network is never called: the module checks num_classes before it builds anything.
+    with pytest.raises(ValueError, match=match):
+        SegmentationModule(nn.Identity(), nn.Identity(), torch.optim.Adam, num_classes=num_classes, mode=mode)
+
+
+@pytest.mark.parametrize("names", [["vessel"], ["background", "vessel"]])
+def test_binary_class_names_are_the_foreground_or_both(names):
+    module = SegmentationModule(
+        nn.Identity(), nn.Identity(), torch.optim.Adam, num_classes=1, mode="binary", class_names=names
+    )
+    assert module.metric_classes == 2 and module.class_names == ["background", "vessel"]
 
 
 def test_multilabel_fast_dev_run_scores_each_label(make_module, trainer, multilabel_loader):

@@ -31,9 +31,15 @@ def build_tiny(mode="multiclass", num_classes=4, **kwargs):
 def test_output_channels():
     assert output_channels("multiclass", 5) == 5
     assert output_channels("multilabel", 3) == 3
-    assert output_channels("binary", 1) == output_channels("binary", 2) == 1
-    with pytest.raises(ValueError, match="binary mode has one foreground class"):
-        output_channels("binary", 3)
+    assert output_channels("binary", 1) == 1
+    for num_classes in (2, 3):  # binary is one foreground class: background is not counted
+        match = f"binary mode has one foreground class.*num_classes must be 1, got {num_classes}"
+        with pytest.raises(ValueError, match=match):
+            output_channels("binary", num_classes)
+    with pytest.raises(ValueError, match="multiclass mode needs num_classes >= 2"):
+        output_channels("multiclass", 1)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got True"):
+        output_channels("multilabel", True)
     with pytest.raises(ValueError, match="mode must be one of"):
         output_channels("softmax", 3)
 
@@ -94,7 +100,7 @@ def test_prior_bias_formulas():
     torch.testing.assert_close(prior_bias("multiclass", 3, f), torch.log(f))
     torch.testing.assert_close(prior_bias("multiclass", 3, [70, 20, 10]), torch.log(f))  # any scale
     assert float(prior_bias("binary", 1, 0.01)) == pytest.approx(-math.log(0.99 / 0.01))
-    assert float(prior_bias("binary", 2, [0.75, 0.25])) == pytest.approx(-math.log(3.0))
+    assert float(prior_bias("binary", 1, [0.75, 0.25])) == pytest.approx(-math.log(3.0))
     torch.testing.assert_close(prior_bias("multilabel", 2, [0.5, 0.2]), torch.tensor([0.0, -math.log(4.0)]))
     # a class never seen gets a finite bias
     assert torch.isfinite(prior_bias("multiclass", 3, [0.5, 0.5, 0.0])).all()
@@ -125,9 +131,16 @@ def test_prior_init_sigmoid_predicts_prior():
     probs = zero_head_predictions(net, 1).sigmoid()
     torch.testing.assert_close(probs, torch.full_like(probs, 0.01))
     # without an explicit prior, the foreground frequency of [background, foreground]
-    net = build_tiny(mode="binary", num_classes=2, prior_init=True, class_frequencies=[0.8, 0.2])
+    net = build_tiny(mode="binary", num_classes=1, prior_init=True, class_frequencies=[0.8, 0.2])
     probs = zero_head_predictions(net, 1).sigmoid()
     torch.testing.assert_close(probs, torch.full_like(probs, 0.2))
+
+
+def test_build_network_checks_num_classes_and_in_channels():
+    with pytest.raises(ValueError, match="num_classes must be 1, got 2; use mode='multiclass'"):
+        build_tiny(mode="binary", num_classes=2)
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1, got 0"):
+        build_tiny(in_channels=0)
 
 
 def test_prior_init_without_frequencies_is_a_clear_error():
