@@ -1,23 +1,11 @@
-"""Run orchestration around ``train.py``: per-job status and failure handling in sweeps (``runs.jobs``),
-the sweep summary (``runs.summary``: a Hydra callback, ``collect``, ``write_summary``)."""
+"""Run orchestration behind ``train.py``; import the modules themselves (this package imports nothing, so
+that ``python -m runs.summary`` and DDP child processes load only what they need):
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-# Imported on first use, so that `python -m runs.summary` and DDP child processes load only what they need.
-_EXPORTS = {
-    "run_job": "runs.jobs",
-    "SweepSummary": "runs.summary",
-    "collect": "runs.summary",
-    "write_summary": "runs.summary",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'runs' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+- ``runs.training``: ``run(cfg)``, what ``python train.py`` does: ``fit_and_test`` or ``evaluate``
+- ``runs.build``: the config's objects (datamodule, loss, module, trainer) and ``check_config``
+- ``runs.trained``: ``load_trained_module``, a trained model from a checkpoint for a config
+- ``runs.jobs``: per-job status and failure handling in sweeps (``run_job``, ``job_status.json``)
+- ``runs.summary``: the sweep summary (a Hydra callback, ``collect``, ``write_summary``); no torch
+- ``runs.ranks``: which process of a (DDP) run this is, from the environment; no torch
+- ``runs.ddp``: DDP under Hydra (``HydraDDPStrategy``, ``ddp_job``, ``prepare_argv``)
+"""

@@ -8,13 +8,14 @@ again. :class:`HydraDDPStrategy` (``trainer=ddp``, ``trainer=ddp_cpu``) re-launc
         hydra.run.dir="<the job's output dir>" hydra.output_subdir=null
         hydra/job_logging=disabled hydra/hydra_logging=disabled
 
-with ``IMBALANCED_SEG_DDP_CHILD=1`` in its environment (:func:`is_ddp_child`). The children run the job in
-Hydra's RUN mode inside the job directory of the parent (single run or sweep job), write no ``.hydra/`` and
-no log file, and leave all other files to global rank 0 (:func:`is_global_zero`).
+with ``IMBALANCED_SEG_DDP_CHILD=1`` in its environment (:func:`runs.ranks.is_ddp_child`). The children run
+the job in Hydra's RUN mode inside the job directory of the parent (single run or sweep job), write no
+``.hydra/`` and no log file, and leave all other files to global rank 0 (:func:`runs.ranks.is_global_zero`).
 
-:func:`ddp_job` wraps the job function (``train.run``). When the job ends, the parent waits for its
-children (or ends them if the job failed), destroys the process group and restores the environment, so
-the next job of a sweep starts its own processes on a fresh port.
+:func:`ddp_job` wraps the job function (``runs.training.run``); its children re-run the script that called
+it (``train.py``). When the job ends, the parent waits for its children (or ends them if the job failed),
+destroys the process group and restores the environment, so the next job of a sweep starts its own
+processes on a fresh port.
 
 Processes started by torchrun or srun (``creates_processes_externally``) are not re-launched. Each of them
 runs Hydra itself, and ``${now:}`` in the default run directory would differ between them:
@@ -34,11 +35,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from runs.ranks import CHILD_ENV, env_rank, external_world_size, is_ddp_child, is_global_zero
+from seglosses.distributed import process_group_initialized
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,6 @@ __all__ = [
     "prepare_argv",
 ]
 
-# Set to "1" in the environment of the processes that HydraDDPStrategy re-launches.
-CHILD_ENV = "IMBALANCED_SEG_DDP_CHILD"
 # Environment variables the launcher sets in the parent; restored when the job ends.
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
 # Hydra overrides that belong to the sweep or to the parent's output, not to the job the children run.
@@ -69,57 +72,6 @@ CHILD_EXIT_TIMEOUT_S = 120.0
 FAILED_CHILD_GRACE_S = 10.0
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-# ---- who am I ---------------------------------------------------------------------------------------------
-
-
-def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    try:
-        return int(value) if value.strip() else default
-    except ValueError:
-        return default
-
-
-def _env_rank() -> int:
-    """Global rank from the launchers' variables (torchrun: RANK; srun: SLURM_PROCID; Lightning's
-    re-launch: NODE_RANK and LOCAL_RANK), 0 when none is set."""
-    if "RANK" in os.environ:
-        return _int_env("RANK", 0)
-    if _int_env("SLURM_NTASKS", 1) > 1 and "SLURM_PROCID" in os.environ:
-        return _int_env("SLURM_PROCID", 0)
-    return _int_env("NODE_RANK", 0) + _int_env("LOCAL_RANK", 0)
-
-
-def is_ddp_child() -> bool:
-    """True in a process that must not act for the run as a whole: one re-launched by
-    :class:`HydraDDPStrategy` (``IMBALANCED_SEG_DDP_CHILD=1``) or a non-zero rank started by torchrun/srun.
-    Hydra callbacks (sweep summaries) and anything else that writes once per run check this."""
-    return os.environ.get(CHILD_ENV) == "1" or _env_rank() != 0
-
-
-def is_global_zero() -> bool:
-    """True in the process that writes the run's files: the process group's rank 0 when it exists, else
-    the process that is neither a re-launched child nor a non-zero rank of torchrun/srun."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return not is_ddp_child()
-
-
-def external_world_size() -> int | None:
-    """The number of processes when torchrun (WORLD_SIZE with RANK/LOCAL_RANK) or srun (SLURM_NTASKS)
-    started this one as part of a multi-process job, else None (also in HydraDDPStrategy's children)."""
-    if os.environ.get(CHILD_ENV) == "1":
-        return None
-    world = _int_env("WORLD_SIZE", 1)
-    if world > 1 and ("RANK" in os.environ or "LOCAL_RANK" in os.environ):
-        return world
-    tasks = _int_env("SLURM_NTASKS", 1)
-    if tasks > 1 and "SLURM_PROCID" in os.environ:
-        return tasks
-    return None
 
 
 # ---- the child command ------------------------------------------------------------------------------------
@@ -169,7 +121,7 @@ def child_command(
     return command
 
 
-_SCRIPT: dict[str, Path] = {}  # the script of the running ddp_job function: what the children run
+_SCRIPT: dict[str, Path] = {}  # the script that called the running ddp_job function: what the children run
 
 
 def _hydra_child_command() -> tuple[list[str], str]:
@@ -247,9 +199,8 @@ class _Children:
                 log.error("DDP child process %d did not exit; killing it", p.pid)
                 p.kill()
                 p.wait()
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        if process_group_initialized():
+            torch.distributed.destroy_process_group()
         for name, value in self.saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -308,15 +259,29 @@ class HydraDDPStrategy(DDPStrategy):
             self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
+def _calling_app(frame: FrameType | None) -> Path:
+    """The file of the innermost function on the stack from ``frame`` outwards that is not part of this
+    package: the Hydra task function (``train.py``'s ``main``) that ran the job through :mod:`runs.jobs`.
+    The code's file, not ``sys.argv``/``__main__``: a launcher (submitit) runs the task function in a process
+    of its own."""
+    package = Path(__file__).resolve().parent
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.resolve().parent != package:
+            return path
+        frame = frame.f_back
+    raise RuntimeError("ddp_job: no caller outside runs/ on the stack")
+
+
 def ddp_job(function: F) -> F:
-    """Decorate the job function (``train.run``): its DDP children re-run the file that defines it, and
-    when it returns or raises, the processes it launched are waited for (ended, if it raised), the
-    process group is destroyed and the launch environment restored, ready for the next sweep job."""
-    script = Path(function.__code__.co_filename)
+    """Decorate the job function (``runs.training.run``): its DDP children re-run the script that called it
+    (the Hydra app, :func:`_calling_app`), and when it returns or raises, the processes it launched are
+    waited for (ended, if it raised), the process group is destroyed and the launch environment restored,
+    ready for the next sweep job."""
 
     @functools.wraps(function)
     def job(*args: Any, **kwargs: Any) -> Any:
-        _SCRIPT["script"] = script
+        _SCRIPT["script"] = _calling_app(sys._getframe(1))
         started = len(_ACTIVE)
         failed = True
         try:
@@ -349,7 +314,7 @@ def prepare_argv(argv: list[str] | None = None) -> list[str]:
             f"timestamped directory; pass the same directory to all, e.g. {key}=outputs/ddp-$SLURM_JOB_ID "
             f"(or a name of your choice)"
         )
-    if _env_rank() != 0:
+    if env_rank() != 0:
         present = {_override_key(a) for a in argv[1:]}
         argv += [o for o in CHILD_OVERRIDES if _override_key(o) not in present]
     return argv

@@ -29,6 +29,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from runs.ranks import is_global_zero
+
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "job_status.json"
@@ -40,14 +42,6 @@ def is_multirun() -> bool:
     if not HydraConfig.initialized():
         return False
     return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def is_global_zero() -> bool:
-    """:func:`runs.ddp.is_global_zero`, imported on first use: ``runs.summary`` (which reads
-    :data:`STATUS_FILE`) loads without torch."""
-    from runs.ddp import is_global_zero as ddp_is_global_zero
-
-    return ddp_is_global_zero()
 
 
 def _now() -> str:

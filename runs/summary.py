@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runs.jobs import STATUS_FILE
+from runs.ranks import is_ddp_child
 
 log = logging.getLogger(__name__)
 
@@ -137,32 +139,48 @@ def _status(status: dict[str, Any] | None, metrics: dict[str, Any] | None) -> tu
     return str(status.get("status")), status.get("error")
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What a job directory holds: its overrides (key -> value as typed) and its JSON files (None when
+    absent)."""
+
+    dir: Path
+    overrides: dict[str, str]
+    status: dict[str, Any] | None  # job_status.json
+    metrics: dict[str, Any] | None  # metrics.json
+    class_weights: dict[str, Any] | None  # class_weights.json
+
+    @classmethod
+    def read(cls, job_dir: Path) -> _Job:
+        overrides = dict(_split_override(o) for o in _read_overrides(job_dir / ".hydra" / "overrides.yaml"))
+        status, metrics, weights = (_read_json(job_dir / name)
+                                    for name in (STATUS_FILE, "metrics.json", "class_weights.json"))
+        return cls(job_dir, overrides, status, metrics, weights)
+
+
 def _collect(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Rows, swept keys, rare classes (union over the jobs, rarest first)."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep directory {root} does not exist")
-    jobs = []
-    for job_dir in job_dirs(root):
-        overrides = dict(_split_override(o) for o in _read_overrides(job_dir / ".hydra" / "overrides.yaml"))
-        files = (STATUS_FILE, "metrics.json", "class_weights.json")
-        jobs.append((job_dir, overrides, *(_read_json(job_dir / name) for name in files)))
+    jobs = [_Job.read(job_dir) for job_dir in job_dirs(root)]
 
     # Swept: declared as a sweep, or differing between jobs (e.g. submitted one by one into one directory).
-    keys = _declared_sweep_keys(root, [job_dir for job_dir, *_ in jobs])
-    all_keys = list(dict.fromkeys(k for _, overrides, *_ in jobs for k in overrides))
-    keys += [k for k in all_keys if len({o.get(k) for _, o, *_ in jobs}) > 1 and k not in keys]
+    keys = _declared_sweep_keys(root, [job.dir for job in jobs])
+    all_keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    keys += [k for k in all_keys if len({job.overrides.get(k) for job in jobs}) > 1 and k not in keys]
     keys = [k for k in keys if not k.startswith(_NOT_SWEPT_PREFIXES)]
 
-    rare_per_job = [_rarest_classes(weights) for *_, weights in jobs]
+    rare_per_job = [_rarest_classes(job.class_weights) for job in jobs]
     rare = list(dict.fromkeys(name for names in rare_per_job for name in names))
 
     rows = []
-    for (job_dir, overrides, status, metrics, _), rare_job in zip(jobs, rare_per_job, strict=True):
-        state, error = _status(status, metrics)
-        row: dict[str, Any] = {"job": str(job_dir.relative_to(root)), "status": state}
-        row.update({k: overrides.get(k) for k in keys})
-        row["overrides"] = " ".join(f"{k}={overrides[k]}" for k in keys if k in overrides)
+    for job, rare_job in zip(jobs, rare_per_job, strict=True):
+        metrics = job.metrics
+        state, error = _status(job.status, metrics)
+        row: dict[str, Any] = {"job": str(job.dir.relative_to(root)), "status": state}
+        row.update({k: job.overrides.get(k) for k in keys})
+        row["overrides"] = " ".join(f"{k}={job.overrides[k]}" for k in keys if k in job.overrides)
         best_epoch = (metrics or {}).get("best_epoch")
         if best_epoch is None:
             best_epoch = ((metrics or {}).get("val") or {}).get("epoch")
@@ -177,8 +195,8 @@ def _collect(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[str], li
         row["rare_mIoU"] = sum(rare_scores) / len(rare_scores) if rare_scores else None
         row.update(
             best_epoch=best_epoch,
-            wall_time_s=(status or {}).get("wall_time_s"),
-            job_dir=str(job_dir.resolve()),
+            wall_time_s=(job.status or {}).get("wall_time_s"),
+            job_dir=str(job.dir.resolve()),
             error=error,
         )
         rows.append(row)
@@ -323,20 +341,13 @@ def write_summary(sweep_dir: str | Path, print_it: bool = True) -> Path:
     return csv_path
 
 
-def is_ddp_child() -> bool:
-    """:func:`runs.ddp.is_ddp_child`, imported on first use (``python -m runs.summary`` needs no torch)."""
-    from runs.ddp import is_ddp_child as ddp_is_ddp_child
-
-    return ddp_is_ddp_child()
-
-
 # ---- Hydra callback ---------------------------------------------------------------------------------------
 
 
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, :func:`write_summary` of ``hydra.sweep.dir``.
 
-    Only in the process that ran the sweep: a DDP child process (``runs.ddp.is_ddp_child``) does
+    Only in the process that ran the sweep: a DDP child process (``runs.ranks.is_ddp_child``) does
     nothing. An error while summarising is logged, not raised: the jobs' results are on disk and
     ``python -m runs.summary SWEEP_DIR`` rebuilds the summary.
     """

@@ -6,7 +6,8 @@ After changing a notebook, execute it and write its outputs back (what the code 
     python tests/test_notebooks.py                      # every notebook
     python tests/test_notebooks.py 03_gamma_sweep.ipynb  # one
 
-Skip the notebooks in a quick local run with ``python -m pytest -m "not notebooks"``.
+Skip the notebooks in a quick local run with ``python -m pytest -m "not notebooks"`` (or every end-to-end
+test with ``-m "not slow"``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def _tiny_notebook(path: Path, source: str) -> Path:
 
 
 @pytest.mark.notebooks
+@pytest.mark.slow  # starts a kernel
 def test_execute_raises_on_a_failing_cell(tmp_path):
     path = _tiny_notebook(tmp_path / "broken.ipynb", "raise ValueError('bad cell')")
     with pytest.raises(CellExecutionError, match="bad cell"):
@@ -108,6 +110,7 @@ def test_execute_raises_on_a_failing_cell(tmp_path):
 
 
 @pytest.mark.notebooks
+@pytest.mark.slow  # starts a kernel, waits for the 3 s budget
 def test_execute_enforces_one_budget_for_the_whole_notebook(tmp_path):
     path = _tiny_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(30)")
     start = time.monotonic()

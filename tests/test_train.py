@@ -1,9 +1,11 @@
-"""End-to-end tests of conf/ and train.py on tiny synthetic data (32x32 images, a few samples)."""
+"""End-to-end tests of conf/, train.py and runs.training on tiny synthetic data (32x32 images, a few samples).
+
+The trainings and subprocess runs are marked ``slow``; ``-m "not slow"`` keeps the config compositions and the
+errors that are raised before (or instead of) a training."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -20,6 +22,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from models import CheckpointMismatchError
+from runs.build import build_loss
+from runs.training import run
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
@@ -28,16 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-
-
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train_module()
 
 
 SYNTHETIC_TINY = [
@@ -119,18 +113,18 @@ def test_loss_mode_and_ignore_index_come_from_datamodule(tmp_path, loss):
 def test_class_weights_reach_focal_alpha_and_ce_weight(tmp_path):
     weights = torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0])
     cfg = make_cfg(tmp_path, "loss=focal_dice")
-    loss = train.build_loss(cfg, weights)
+    loss = build_loss(cfg, weights)
     assert isinstance(loss, CombinedLoss)
     torch.testing.assert_close(loss.losses["focal"].alpha, weights)
     assert loss.losses["dice"].class_weights is None  # Dice stays unweighted
 
     cfg = make_cfg(tmp_path, "loss=dice_ce")
-    loss = train.build_loss(cfg, weights)
+    loss = build_loss(cfg, weights)
     assert isinstance(loss.losses["ce"], CrossEntropyLoss)
     torch.testing.assert_close(loss.losses["ce"].weight, weights)
 
     cfg = make_cfg(tmp_path, "loss=focal", "loss.alpha=0.25")  # an explicit alpha wins
-    assert train.build_loss(cfg, weights).alpha == 0.25
+    assert build_loss(cfg, weights).alpha == 0.25
 
 
 def test_experiments_compose(tmp_path):
@@ -155,7 +149,7 @@ def test_unknown_option_lists_available_ones(tmp_path):
 
 
 def _check_fast_dev_run(cfg: DictConfig) -> None:
-    score = train.run(cfg)
+    score = run(cfg)
     assert score is not None and 0.0 <= score <= 1.0
     metrics = read_metrics(cfg)
     names = ["background", "disc", "square", "bar", "cross"]
@@ -164,17 +158,20 @@ def _check_fast_dev_run(cfg: DictConfig) -> None:
     assert (Path(cfg.paths.output_dir) / "class_weights.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
 def test_fast_dev_run_every_loss(tmp_path, loss):
     _check_fast_dev_run(make_cfg(tmp_path, "debug=fdr", f"loss={loss}", "model.encoder_depth=3",
                                  "model.arch.decoder_channels=[32,16,8]"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run_every_model(tmp_path, model):
     _check_fast_dev_run(make_cfg(tmp_path, "debug=fdr", f"model={model}", "loss=ce"))
 
 
+@pytest.mark.slow
 def test_class_weights_and_prior_init_run(tmp_path):
     cfg = make_cfg(tmp_path, "debug=fdr", "class_weights=median_frequency", "model.prior_init=true",
                    "loss=focal_dice")
@@ -190,9 +187,10 @@ def _short_run(tmp_path: Path, *extra: str) -> DictConfig:
     )
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_checkpoint_gives_same_test_metrics(tmp_path):
     cfg = _short_run(tmp_path / "a")
-    train.run(cfg)
+    run(cfg)
     trained = read_metrics(cfg)
     best = Path(trained["checkpoint"])
     assert best.is_file() and best.name.startswith("best-epoch")
@@ -200,7 +198,7 @@ def test_train_then_evaluate_checkpoint_gives_same_test_metrics(tmp_path):
     assert trained["test"]["epoch"] == trained["best_epoch"]
 
     ev = _short_run(tmp_path / "b", "train=false", f"ckpt_path={best}")
-    assert train.run(ev) is None
+    assert run(ev) is None
     evaluated = read_metrics(ev)
     assert evaluated["checkpoint"] == str(best)
     for key in ("mIoU", "mDice", "pixel_acc"):
@@ -211,19 +209,20 @@ def test_train_then_evaluate_checkpoint_gives_same_test_metrics(tmp_path):
             assert (value is None and other is None) or other == pytest.approx(value, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_continues_epoch_optimizer_scheduler_and_gamma(tmp_path):
     # A linear gamma ramp 0 -> 2 over 3 epochs; the first run stops after 2 epochs (2 batches each).
     ramp = ["loss=focal", "loss.gamma=2", "loss.schedule.kind=linear", "loss.schedule.gamma_start=0",
             "trainer.max_epochs=3"]
     first = _short_run(tmp_path / "a", *ramp, "trainer.max_steps=4")
-    train.run(first)
+    run(first)
     last = Path(first.paths.checkpoint_dir) / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] == 4
     assert state["loss_gammas"][""] == pytest.approx(1.0)
 
     second = _short_run(tmp_path / "b", *ramp, f"ckpt_path={last}")
-    train.run(second)
+    run(second)
     last = Path(second.paths.checkpoint_dir) / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 6
@@ -240,11 +239,12 @@ def test_resume_continues_epoch_optimizer_scheduler_and_gamma(tmp_path):
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (see shared/data/README.md)")
 def test_camvid_fast_dev_run(tmp_path):
     cfg = make_cfg(tmp_path, "datamodule=camvid", f"datamodule.root={CAMVID}", "trainer.fast_dev_run=true",
                    "datamodule.batch_size=2", "datamodule.num_workers=0")
-    assert train.run(cfg) is not None
+    assert run(cfg) is not None
     metrics = read_metrics(cfg)
     assert "Pedestrian" in metrics["test"]["per_class"] and len(metrics["test"]["per_class"]) == 11
 
@@ -255,19 +255,19 @@ def test_camvid_fast_dev_run(tmp_path):
 def test_missing_data_root_names_the_override(tmp_path):
     cfg = make_cfg(tmp_path, "datamodule=camvid")
     with pytest.raises(ValueError, match=r"datamodule\.root="):
-        train.run(cfg)
+        run(cfg)
 
 
 def test_nonexistent_data_root_names_the_override(tmp_path):
     cfg = make_cfg(tmp_path, "datamodule=camvid", f"datamodule.root={tmp_path / 'nowhere'}")
     with pytest.raises(FileNotFoundError, match=r"datamodule\.root="):
-        train.run(cfg)
+        run(cfg)
 
 
 def test_model_classes_disagreeing_with_data(tmp_path):
     cfg = make_cfg(tmp_path, "model.num_classes=3")
     with pytest.raises(ValueError, match=r"model\.num_classes=3 disagrees with datamodule\.num_classes=5"):
-        train.run(cfg)
+        run(cfg)
 
 
 def _write_folder_dataset(root: Path, mask_value: int) -> None:
@@ -290,31 +290,33 @@ def test_mask_values_beyond_num_classes(tmp_path):
     cfg = make_cfg(tmp_path, "datamodule=folder", f"datamodule.root={root}", "datamodule.num_classes=3",
                    "datamodule.crop_size=[32,32]", "datamodule.num_workers=0", "debug=fdr")
     with pytest.raises(ValueError, match="7") as err:
-        train.run(cfg)
+        run(cfg)
     assert "masks" in str(err.value)  # names the file at fault
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(tmp_path):
     cfg = make_cfg(tmp_path / "a", "debug=fdr", "loss=ce")
-    train.run(cfg)
+    run(cfg)
     last = Path(cfg.paths.checkpoint_dir) / "last.ckpt"
     assert last.is_file()
     for mode in ("train=false", "train=true"):  # evaluation and resume
         other = make_cfg(tmp_path / "b", "debug=fdr", "loss=ce", "model=fpn", mode, f"ckpt_path={last}")
         with pytest.raises(CheckpointMismatchError, match="does not match the model"):
-            train.run(other)
+            run(other)
 
 
 def test_evaluation_needs_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="ckpt_path="):
-        train.run(make_cfg(tmp_path, "train=false"))
+        run(make_cfg(tmp_path, "train=false"))
     with pytest.raises(FileNotFoundError, match="ckpt_path="):
-        train.run(make_cfg(tmp_path, "train=false", f"ckpt_path={tmp_path / 'none.ckpt'}"))
+        run(make_cfg(tmp_path, "train=false", f"ckpt_path={tmp_path / 'none.ckpt'}"))
 
 
 # ---- the script -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_py_subprocess_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [o for o in tiny(tmp_path) if not o.startswith(("paths.output_dir", "logger="))]
@@ -340,6 +342,7 @@ def test_train_py_subprocess_writes_the_run_directory(tmp_path):
         assert key in header
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_gamma_over_losses_with_and_without_focal_term(tmp_path):
     overrides = [o for o in tiny(tmp_path) if not o.startswith(("paths.output_dir", "logger="))]
     cmd = [sys.executable, "train.py", "-m", "loss=ce,focal", "loss.gamma=0.5", "debug=fdr", "~logger",
@@ -387,10 +390,11 @@ def _multilabel_cfg(tmp_path: Path, *extra: str) -> DictConfig:
                     "debug=fdr", "model.encoder_depth=3", "model.arch.decoder_channels=[32,16,8]", *extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["focal_dice", "ce"])
 def test_multilabel_folder_fast_dev_run(tmp_path, loss):
     cfg = _multilabel_cfg(tmp_path, f"loss={loss}")
-    score = train.run(cfg)
+    score = run(cfg)
     assert score is not None and 0.0 <= score <= 1.0
     metrics = read_metrics(cfg)
     for split in ("val", "test"):
@@ -405,4 +409,4 @@ def test_multilabel_folder_fast_dev_run(tmp_path, loss):
 
 def test_multilabel_refuses_per_class_weights(tmp_path):
     with pytest.raises(ValueError, match=r"datamodule\.mode=multilabel use class_weights=none"):
-        train.run(_multilabel_cfg(tmp_path, "class_weights=inverse"))
+        run(_multilabel_cfg(tmp_path, "class_weights=inverse"))

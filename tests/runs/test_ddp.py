@@ -15,16 +15,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from datamodules import SyntheticDataModule
 from datamodules.samplers import UnpaddedDistributedSampler
 from models import load_checkpoint_weights
 from runs import ddp
+from runs.build import build_loss, build_module, class_weights
+from runs.jobs import run_job
 from seglosses import DiceLoss
 from seglosses.combined import _DICE_PLAIN, CombinedLoss
 from seglosses.focal import FocalLoss
-from tests.test_train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
@@ -112,6 +114,21 @@ def test_torchrun_without_run_dir_is_refused_and_other_ranks_are_quiet(monkeypat
     assert ddp.external_world_size() is None and ddp.is_ddp_child()
 
 
+def test_ddp_job_relaunches_the_script_that_ran_the_job(tmp_path):
+    # runs.training.run is defined in runs/, but its children must run train.py: the caller's file, past
+    # runs.jobs.run_job (here: this test file), is what HydraDDPStrategy re-launches.
+    scripts = []
+
+    @ddp.ddp_job
+    def job(cfg):
+        scripts.append(Path(ddp._SCRIPT["script"]))
+        return 0.5
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "job")}})
+    assert run_job(job, cfg) == 0.5 and job(cfg) == 0.5
+    assert scripts == [Path(__file__), Path(__file__)]
+
+
 # ---- synchronised batch Dice and label statistics in a 2-process gloo group --------------------------------
 
 
@@ -164,6 +181,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sync_ddp_dice_and_label_statistics_equal_single_process(tmp_path):
     out = str(tmp_path / "rank")
     mp.spawn(_dice_worker, args=(2, _free_port(), out), nprocs=2, join=True)
@@ -229,8 +247,8 @@ def _single_process_scores(cfg, checkpoint: Path) -> dict:
     """Validation and test scores of ``checkpoint`` evaluated by one process."""
     datamodule = instantiate(cfg.datamodule)
     stats = datamodule.label_statistics()
-    loss = train.build_loss(cfg, train.class_weights(cfg, datamodule, stats))
-    module = train.build_module(cfg, datamodule, loss, stats)
+    loss = build_loss(cfg, class_weights(cfg, datamodule, stats))
+    module = build_module(cfg, datamodule, loss, stats)
     load_checkpoint_weights(module, checkpoint)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
@@ -239,6 +257,7 @@ def _single_process_scores(cfg, checkpoint: Path) -> dict:
     return json.loads(json.dumps(module.results))
 
 
+@pytest.mark.slow
 def test_ddp_cpu_run_leaves_one_directory_and_evaluates_exactly(tmp_path):
     overrides = [*TINY, "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                  "class_weights=median_frequency", "logger=csv",
@@ -270,6 +289,7 @@ def test_ddp_cpu_run_leaves_one_directory_and_evaluates_exactly(tmp_path):
     assert ddp_weights == single_weights and ddp_weights["method"] == "median_frequency"
 
 
+@pytest.mark.slow
 def test_ddp_cpu_multirun_gives_one_directory_per_job_and_one_summary(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "trainer=ddp_cpu", "loss.gamma=0,2", "debug=fdr", "~logger", *TINY,

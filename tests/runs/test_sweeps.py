@@ -75,6 +75,7 @@ def is_png(path: Path) -> bool:
 # ---- end-to-end sweeps ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gamma_sweep_gives_two_job_dirs_and_a_summary(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "loss=focal_dice", "loss.gamma=0,2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -106,6 +107,7 @@ def test_gamma_sweep_gives_two_job_dirs_and_a_summary(tmp_path):
     assert f"sweep {sweep_dir}: 2 jobs" in proc.stdout  # the table's title
 
 
+@pytest.mark.slow
 def test_failing_job_is_a_failed_row_and_the_others_still_run(tmp_path):
     # gamma=-1 is refused by the focal loss: the first job fails, the sweep goes on with the second.
     proc, sweep_dir = sweep(tmp_path, "loss.gamma=-1,1")
@@ -127,6 +129,7 @@ def test_failing_job_is_a_failed_row_and_the_others_still_run(tmp_path):
     assert "failed" in proc.stdout and "2 jobs, 1 not ok" in proc.stdout
 
 
+@pytest.mark.slow
 def test_failing_single_run_still_exits_with_its_error(tmp_path):
     proc, _ = sweep(tmp_path, "loss.gamma=-1", multirun=False)
     assert proc.returncode != 0
@@ -135,6 +138,7 @@ def test_failing_single_run_still_exits_with_its_error(tmp_path):
     assert status["status"] == "failed" and "gamma" in status["error"]
 
 
+@pytest.mark.slow
 def test_optuna_preset_runs_two_trials_and_survives_a_failed_one(tmp_path):
     # gamma from {-1, 1}: with the preset's seeded sampler the first trial gets 1, the second -1 (refused).
     proc, sweep_dir = sweep(tmp_path, "hparams_search=focal_optuna", "hydra.sweeper.n_trials=2",
@@ -155,6 +159,7 @@ def test_optuna_preset_runs_two_trials_and_survives_a_failed_one(tmp_path):
     assert (sweep_dir / "summary.csv").is_file() and is_png(sweep_dir / "summary.png")
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "loss.gamma=-1,2", threads=1)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -362,6 +367,17 @@ def test_summary_cli(tmp_path, capsys):
     assert summary.main([str(tmp_path / "empty")]) == 1
     assert "no job directory" in capsys.readouterr().err
     assert summary.main([]) == 2 and "usage" in capsys.readouterr().out
+
+
+def test_summary_jobs_and_ranks_load_without_torch():
+    # `python -m runs.summary`, the Hydra callback and the job status need no torch (nor seglosses, which
+    # imports it): only runs.ranks looks at torch.distributed, and only where torch is loaded already.
+    heavy = ("torch", "seglosses", "pytorch_lightning", "runs.ddp")
+    code = ("import sys; import runs, runs.summary, runs.jobs, runs.ranks; runs.ranks.is_global_zero(); "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_collect_of_a_missing_directory(tmp_path):

@@ -1,0 +1,129 @@
+"""What ``python train.py`` does with a composed config: :func:`run` checks it
+(:func:`runs.build.check_config`) and either trains, validates and tests (:func:`fit_and_test`,
+``train=true``) or tests the weights of a checkpoint (:func:`evaluate`, ``train=false``). Both write
+``metrics.json`` into ``paths.output_dir`` and print the final table (global rank 0)::
+
+    {"optimized_metric": "val/mIoU", "checkpoint": ".../best-epoch007.ckpt", "best_epoch": 7,
+     "last_checkpoint": ".../last.ckpt", "best_score": 0.81, "val": {...}, "test": {...}}   # fit_and_test
+    {"optimized_metric": "val/mIoU", "checkpoint": "PATH", "epoch": 7, "test": {...}}      # evaluate
+
+``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
+and the ``epoch`` of the weights that were scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from rich.console import Console
+from rich.table import Table
+
+from models import check_checkpoint, read_checkpoint
+from runs.build import build, build_lightning_module, build_trainer, check_config
+from runs.ddp import ddp_job
+from runs.trained import load_trained_module
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "fit_and_test", "print_summary", "run", "write_metrics"]
+
+
+def checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    callbacks = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    return callbacks[0] if callbacks else None
+
+
+def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, Any] | None:
+    return None if result is None else {**result, "epoch": epoch}
+
+
+def write_metrics(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, allow_nan=False))
+    log.info("metrics written to %s", path)
+
+
+def print_summary(record: dict[str, Any]) -> None:
+    """The run's final table: mean scores of the best validation epoch and of the test split."""
+    table = Table(title="final results", caption=f"weights: {record.get('checkpoint') or 'last epoch'}")
+    for column in ("split", "epoch", "mIoU", "mDice", "pixel acc"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split in ("val", "test"):
+        result = record.get(split)
+        if result:
+            values = [result.get(k) for k in ("mIoU", "mDice", "pixel_acc")]
+            cells = ["nan" if v is None else f"{100 * v:.2f}" for v in values]
+            table.add_row(split, str(result.get("epoch", "")), *cells)
+    Console().print(table)
+
+
+def _report(cfg: DictConfig, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    """Global rank 0: ``metrics.json`` and the final table."""
+    if trainer.is_global_zero:
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
+        print_summary(record)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``train=false``: test the weights of ``cfg.ckpt_path`` (:func:`runs.trained.load_trained_module`) on
+    the test split. Returns the record written to ``metrics.json``."""
+    trained = load_trained_module(cfg, cfg.ckpt_path)
+    trainer = build_trainer(cfg)
+    record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
+    record.update(checkpoint=str(cfg.ckpt_path), epoch=trained.epoch)
+    trainer.test(trained.module, datamodule=trained.datamodule, verbose=False)
+    record["test"] = _with_epoch(trained.module.results.get("test"), trained.epoch)
+    _report(cfg, trainer, record)
+    return record
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+    """``train=true``: train (resume from ``cfg.ckpt_path`` when set), validate the best checkpoint and, with
+    ``cfg.test``, test it. Returns the record written to ``metrics.json``."""
+    datamodule = build(cfg.datamodule, "datamodule")
+    module = build_lightning_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
+
+    if cfg.ckpt_path is not None:  # resume: check first, Lightning's own load fails deep inside torch
+        check_checkpoint(module, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    ckpt_cb = checkpoint_callback(trainer)
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    # Score the checkpoint that is kept as the result: the table printed here is the best epoch's.
+    trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    best_epoch = module.loaded_checkpoint_epoch if best else None  # set when validate loaded `best`
+    record.update(
+        checkpoint=best,
+        best_epoch=best_epoch,
+        last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+    )
+    score = trainer.callback_metrics.get(cfg.optimized_metric)
+    record["best_score"] = None if score is None else float(score)
+    # Without a best checkpoint (fast_dev_run, no checkpoint callback) the last epoch's weights are scored.
+    epoch = best_epoch if best_epoch is not None else max(trainer.current_epoch - 1, 0)
+    record["val"] = _with_epoch(module.results.get("val"), epoch)
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        record["test"] = _with_epoch(module.results.get("test"), epoch)
+    _report(cfg, trainer, record)
+    return record
+
+
+@ddp_job  # DDP: re-launches this job (not the sweep) for extra processes; cleans up when it ends
+def run(cfg: DictConfig) -> float | None:
+    """Everything ``python train.py`` does with the composed ``cfg``: :func:`fit_and_test` or, with
+    ``train=false``, :func:`evaluate`. Returns ``cfg.optimized_metric`` of the best checkpoint (the value a
+    sweeper optimises), or None when it was not computed (always None for ``train=false``)."""
+    check_config(cfg)
+    if not cfg.train:
+        evaluate(cfg)
+        return None
+    return fit_and_test(cfg)["best_score"]
