@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+import seglosses._shared as shared_module
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import FocalLoss
@@ -359,3 +360,24 @@ def test_fast_path_needs_the_same_ignore_index_in_both_terms(batch, count_term_c
     out = loss(x, y)
     assert len(count_term_calls) == 2
     torch.testing.assert_close(out, separate(loss, x, y))
+
+
+@pytest.mark.parametrize("ignore_index", [None, 255])
+def test_fast_path_in_several_pixel_chunks_equals_one_chunk(monkeypatch, ignore_index):
+    g = torch.Generator().manual_seed(5)
+    x = (3 * torch.randn(2, 4, 5, 7, generator=g)).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 5, 7), generator=g)
+    if ignore_index is not None:
+        y[torch.rand(y.shape, generator=g) < 0.3] = ignore_index
+    loss = CombinedLoss({"focal": FocalLoss(mode="multiclass", gamma=2.0, ignore_index=ignore_index),
+                         "dice": DiceLoss(mode="multiclass", ignore_index=ignore_index)})
+    out = loss(x, y)
+    (whole,) = torch.autograd.grad(out, x)
+    monkeypatch.setattr(shared_module, "CHUNK_ELEMENTS", 56)  # (2, 4, 35): 56 // 8 = 7 pixels a chunk
+    assert shared_module.pixel_chunk(2, 4, 35) == 7
+    chunked_out = loss(x, y)
+    (chunked,) = torch.autograd.grad(chunked_out, x)
+    torch.testing.assert_close(chunked_out, out)
+    torch.testing.assert_close(chunked, whole)
+    (expected,) = torch.autograd.grad(separate(loss, x, y), x)
+    torch.testing.assert_close(chunked, expected)

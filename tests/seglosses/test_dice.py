@@ -326,7 +326,7 @@ def test_chunked_backward_matches_single_chunk(monkeypatch, power):
     x.requires_grad_(True)
     kwargs = dict(ignore_index=255, power=power, class_weights=[1.0, 2.0, 0.5, 1.5])
     (whole,) = torch.autograd.grad(dice_loss(x, y, **kwargs), x)
-    monkeypatch.setattr(shared_module, "CHUNK_ELEMENTS", 16)  # 35 pixels: 5 chunks of 7 (numel / 4 rules)
+    monkeypatch.setattr(shared_module, "CHUNK_ELEMENTS", 84)  # (3, 4, 35): 84 // 12 = 7, 5 chunks of 7 pixels
     (chunked,) = torch.autograd.grad(dice_loss(x, y, **kwargs), x)
     torch.testing.assert_close(chunked, whole)
     assert torch.autograd.gradcheck(lambda inp: dice_loss(inp, y, **kwargs), (x,))
