@@ -5,18 +5,20 @@ The loss files import private helpers from here only, never from one another.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 __all__ = [
     "CHUNK_ELEMENTS",
     "ClassValues",
     "SavedGradient",
+    "first_order_only",
     "focal_factors",
     "hinted",
     "option_values",
@@ -57,17 +59,48 @@ def focal_factors(l: Tensor, gamma: float, need_h: bool) -> tuple[Tensor, Tensor
     return f, h
 
 
+#: The error of a second derivative through a hand-written gradient (see :func:`first_order_only`).
+DOUBLE_BACKWARD_ERROR = (
+    "seglosses: double backward (create_graph=True: gradient penalties, MAML, Hessian-vector products) is "
+    "not supported by the hand-written gradients of the focal/cross-entropy losses, the multiclass Dice "
+    "loss from logits and the fused focal + Dice of CombinedLoss. For a second derivative use a plain "
+    "autograd formulation, e.g. F.cross_entropy, torchvision.ops.sigmoid_focal_loss, "
+    "dice_loss(input.softmax(1), target, from_logits=False)"
+)
+
+
+def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of a hand-written ``backward``: run it without building a graph (like
+    ``torch.autograd.function.once_differentiable``), and raise ``RuntimeError(DOUBLE_BACKWARD_ERROR)``
+    when a graph of the gradient is asked for (``create_graph=True``, under which autograd runs backward
+    with grad mode on).
+
+    ``once_differentiable`` raises only when an incoming gradient itself requires grad, which the gradient
+    of a ``mean``/``sum`` loss does not: a gradient penalty or a MAML step then silently lacks the loss's
+    second derivative (or fails later with an unrelated "does not require grad" error). A
+    ``create_graph=True`` backward that reaches this Function needs exactly that second derivative, so it
+    fails here, with the alternatives in the message."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx: FunctionCtx, *grad_outputs: Any) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        return backward(ctx, *grad_outputs)
+
+    return wrapper
+
+
 class SavedGradient(torch.autograd.Function):
     """Base of the Functions whose forward saves the gradient of the loss w.r.t. their first input.
 
     The forward calls ``ctx.save_for_backward(grad)`` with ``grad`` of the first input's shape; the
     backward multiplies it by the incoming gradient. An output that lacks the channel dim 1 of ``grad``
     (per-pixel (N, S) losses of (N, C, S) logits) is broadcast over it; a scalar output broadcasts as is.
-    Every other input gets no gradient.
+    Every other input gets no gradient. A second derivative through it raises (:func:`first_order_only`).
     """
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: FunctionCtx, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         if 0 < grad_out.ndim < grad.ndim:

@@ -3,6 +3,8 @@
 Fast path: a focal + Dice pair in their plain multiclass configuration (see :func:`_fusable`) is
 computed by one autograd Function sharing the log-softmax, the target gather and the gradient buffer;
 it gives the same values and gradients as calling the two terms (up to float rounding, tested).
+Its gradient is formed in the forward pass, so a double backward (``create_graph=True``) raises a
+``RuntimeError``, as it does through the focal term alone (see :mod:`seglosses.focal`).
 """
 
 from __future__ import annotations

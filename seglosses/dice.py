@@ -12,16 +12,27 @@ of the target class, the target cardinality a per-image class count, and the pre
 plain sum (or a batched matrix-vector product with the valid mask when pixels are ignored). With
 logits, a hand-written backward turns the forward's softmax into the gradient in place, so the loss
 keeps one (N, C, S) tensor between forward and backward and allocates no other full-size one.
+
+That hand-written backward (multiclass, class-index targets, ``from_logits=True``) gives first derivatives
+only: a double backward through it (``create_graph=True``: gradient penalties, MAML) raises a
+``RuntimeError``. ``dice_loss(input.softmax(1), target, from_logits=False)`` computes the same loss with
+plain autograd and supports it, as do the binary, multilabel and probability-target paths.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from seglosses._inputs import Prepared, as_class_vector, check_reduction, prepare
-from seglosses._shared import ClassValues, hinted, option_values, options_repr, pixel_chunk
+from seglosses._shared import (
+    ClassValues,
+    first_order_only,
+    hinted,
+    option_values,
+    options_repr,
+    pixel_chunk,
+)
 from seglosses.checks import check_bool, check_ignore_index, check_number
 from seglosses.distributed import distributed_world
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
@@ -127,7 +138,7 @@ class _SoftmaxIndexSums(torch.autograd.Function):
         return inter, pred
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_inter: Tensor, grad_pred: Tensor) -> tuple[Tensor | None, ...]:
         x, y, valid, p_true = ctx.saved_tensors
         power = ctx.power

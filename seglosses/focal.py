@@ -5,6 +5,16 @@ The hot paths (class-index targets from logits, binary/multilabel from logits) a
 only that gradient (one float32 tensor of the input's size). All terms are evaluated in log space,
 so loss and gradient stay finite for logits up to about 1e4 in magnitude and every ``gamma >= 0``,
 including ``0 < gamma < 1`` where ``(1 - p) ** gamma`` has an infinite derivative at ``p = 1``.
+
+First derivatives only: every path of :func:`focal_loss`, :class:`FocalLoss` and :class:`CrossEntropyLoss`
+uses such a Function, so a double backward through them (``create_graph=True``: gradient penalties,
+MAML, Hessian-vector products) raises a ``RuntimeError`` that says so. For a second derivative use an
+autograd formulation: ``F.cross_entropy`` (``gamma = 0``), ``torchvision.ops.sigmoid_focal_loss``
+(binary), or ``-((1 - p_y) ** gamma * log p_y)`` written with ``F.log_softmax`` and ``gather``
+(derivatives finite for integer ``gamma``).
+
+NaN logits are not checked (the check would cost 2-12 % of a loss step, see
+:func:`seglosses._inputs.prepare`): they give a NaN loss, which a check of the loss value catches.
 """
 
 from __future__ import annotations
