@@ -3,8 +3,10 @@
     python benchmarks/bench_data.py [--root ../shared/data/camvid] [--batches 20] [--workers 0 2]
 
 Reports images/s of the training DataLoader (read PNGs, scale/crop/flip/jitter/normalise, collate) for each
-worker count (the first batch, which includes worker start-up, is timed separately), and the time of the
-statistics pass over the 367 training masks: cold (no cache) and cached (second call).
+worker count (the first batch, which includes worker start-up, is timed separately), the time of the
+statistics pass over the 367 training masks: cold (no cache) and cached (second call), and the time of the
+pre-flight check of all 701 image/mask pairs (train, val, test): cold and cached, with DataLoader worker
+processes (the default) and with worker threads.
 """
 
 from __future__ import annotations
@@ -81,6 +83,29 @@ def bench_statistics(root: Path, num_workers: int) -> dict:
     }
 
 
+def bench_preflight(root: Path, num_workers: int, backend: str) -> dict:
+    from datamodules.preflight import run_preflight
+
+    dm, dm2 = build_datamodule(root, num_workers, 8), build_datamodule(root, num_workers, 8)
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        plans = dm.preflight_plans()
+        cold = run_preflight(
+            plans, source="camvid", cache_dir=cache, num_workers=num_workers, progress=False, backend=backend
+        )
+        t1 = time.perf_counter()
+        cached = dm2.preflight(cache_dir=cache)  # a fresh datamodule: pairs + stat() + cache reads
+        t2 = time.perf_counter()
+    assert not cold.cached and cached.cached
+    return {
+        "num_workers": num_workers,
+        "backend": backend,
+        "cold_s": t1 - t0,
+        "cached_s": t2 - t1,
+        "samples": cold.samples,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="CamVid folder (SegNet layout)")
@@ -101,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "loader": [],
         "statistics": [],
+        "preflight": [],
     }
     for w in args.workers:
         r = bench_loader(args.root, w, args.batches, args.batch_size)
@@ -118,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             f"cached {s['cached_s'] * 1000:.1f} ms "
             f"({s['masks']} masks, {s['total_pixels']:,} pixels)"
         )
+    for w in args.workers:
+        for backend in ("process", "thread") if w > 0 else ("process",):
+            f = bench_preflight(args.root, w, backend)
+            results["preflight"].append(f)
+            kind = "in-process" if w == 0 else f"{w} {backend}{'s' if backend == 'thread' else 'es'}"
+            print(
+                f"pre-flight check, num_workers={w} ({kind}): cold {f['cold_s']:.2f} s, "
+                f"cached {f['cached_s'] * 1000:.1f} ms ({f['samples']} image/mask pairs)"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -7,6 +7,7 @@ from .dataset import FolderDataset, SegmentationDataset
 from .folder import FolderDataModule
 from .labels import LabelSpec
 from .pairing import SamplePair, find_pairs
+from .preflight import PreflightError, PreflightReport, SplitCheck
 from .statistics import LabelStatistics, count_labels
 from .synthetic import SHAPES, SyntheticDataModule, SyntheticDataset, render_sample
 
@@ -16,9 +17,12 @@ __all__ = [
     "FolderDataset",
     "LabelSpec",
     "LabelStatistics",
+    "PreflightError",
+    "PreflightReport",
     "SamplePair",
     "SegDataModule",
     "SegmentationDataset",
+    "SplitCheck",
     "SyntheticDataModule",
     "SyntheticDataset",
     "collate_samples",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,20 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 
-from seglosses.checks import check_int
+from seglosses.checks import check_bool, check_int, check_number
 from seglosses.distributed import distributed_world
 
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
+from .preflight import PreflightReport, SplitPlan, run_preflight
 from .samplers import UnpaddedDistributedSampler
-from .statistics import LabelStatistics, cached_statistics, default_cache_dir
+from .statistics import (
+    DEFAULT_MAX_IGNORED_SHARE,
+    LabelStatistics,
+    cached_statistics,
+    check_label_statistics,
+    default_cache_dir,
+)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -78,6 +86,10 @@ class SegDataModule(pl.LightningDataModule):
         seed: seeds shuffling, worker seeds and the augmentation pipelines.
         stats_cache_dir: where label statistics are cached (None: :func:`default_cache_dir`).
         progress: show a progress bar in the statistics pass.
+        allow_absent_classes: accept declared classes with no pixel in the training masks (see
+            :meth:`check_label_statistics`; default False: stop the run).
+        max_ignored_share: largest accepted share of ``ignore_index`` pixels among all training pixels
+            (default 0.5; 1.0 accepts any).
     """
 
     def __init__(
@@ -101,6 +113,8 @@ class SegDataModule(pl.LightningDataModule):
         seed: int = 0,
         stats_cache_dir: str | None = None,
         progress: bool = True,
+        allow_absent_classes: bool = False,
+        max_ignored_share: float = DEFAULT_MAX_IGNORED_SHARE,
     ) -> None:
         super().__init__()
         self.labels = LabelSpec(mode, num_classes, ignore_index)
@@ -134,6 +148,10 @@ class SegDataModule(pl.LightningDataModule):
         self.seed = seed
         self.stats_cache_dir = stats_cache_dir
         self.progress = progress
+        self.allow_absent_classes = check_bool(allow_absent_classes, "datamodule.allow_absent_classes")
+        self.max_ignored_share = float(check_number(max_ignored_share, "datamodule.max_ignored_share", 0.0))
+        if self.max_ignored_share > 1:
+            raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {max_ignored_share!r}")
         self.datasets: dict[str, SegmentationDataset] = {}
         for t in (train_transform, eval_transform):
             if hasattr(t, "set_random_seed"):
@@ -232,6 +250,55 @@ class SegDataModule(pl.LightningDataModule):
             torch.distributed.broadcast_object_list(box, src=0)
             return box[0]
         return compute()
+
+    def check_label_statistics(self, stats: LabelStatistics) -> None:
+        """Stop the run (ValueError with the statistics table and the likely fix) when a declared class
+        is absent from every training mask or ignored pixels dominate (0/255 masks read with
+        ignore_index 255), unless ``allow_absent_classes`` / ``max_ignored_share`` say it is intended.
+        See :func:`datamodules.statistics.check_label_statistics`."""
+        check_label_statistics(
+            stats,
+            self.labels,
+            allow_absent_classes=self.allow_absent_classes,
+            max_ignored_share=self.max_ignored_share,
+        )
+
+    # -- pre-flight check -------------------------------------------------------------------------------
+    def preflight_plans(self) -> list[SplitPlan]:
+        """What :meth:`preflight` checks: one :class:`~datamodules.preflight.SplitPlan` per split."""
+        raise NotImplementedError
+
+    def preflight_source(self) -> str:
+        """The data set's name in pre-flight messages."""
+        return type(self).__name__
+
+    def preflight(self, use_cache: bool = True, cache_dir: str | Path | None = None) -> PreflightReport:
+        """Check every split (train, val, test) before training: see :mod:`datamodules.preflight`.
+
+        One parallel pass (``num_workers`` processes, progress bar if ``progress``) reads every image and
+        mask as training does; splits that pass are cached in ``cache_dir`` (default: ``stats_cache_dir``,
+        else :func:`default_cache_dir`) keyed by file list, modification times and label encoding, so a
+        second call only lists the files. ``use_cache=False`` rechecks and stores nothing.
+
+        Returns:
+            per split: samples checked, seconds, whether served from the cache.
+
+        Raises:
+            ValueError (:class:`~datamodules.preflight.PreflightError`): every problem found, grouped by
+            kind with counts, naming split, files and the config key to change.
+        """
+        started = time.perf_counter()
+        cache = None
+        if check_bool(use_cache, "use_cache"):
+            cache = Path(cache_dir or self.stats_cache_dir or default_cache_dir()).expanduser()
+        return run_preflight(
+            self.preflight_plans(),
+            source=self.preflight_source(),
+            cache_dir=cache,
+            num_workers=self.num_workers,
+            progress=self.progress,
+            started=started,
+        )
 
     def label_spec_key(self) -> dict[str, Any]:
         return {

@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from seglosses.checks import check_bool
+
 from .base import SegDataModule
 from .dataset import FolderDataset
-from .io import image_size, read_mask
+from .io import LOSSY_MASK_EXTENSIONS, LOSSY_REASON, image_size, read_mask
 from .labels import LabelSpec
 from .pairing import DEFAULT_IMAGE_EXTENSIONS, SamplePair, find_pairs
+from .preflight import PREFLIGHT_VERSION, PairChecker, Problem, SplitPlan, file_identity
 from .statistics import LabelStatistics, count_labels
 
 DEFAULT_SPLITS = {
@@ -25,11 +28,13 @@ DEFAULT_SPLITS = {
 class MaskCounter:
     """Picklable per-mask counter of the statistics pass: reads, maps, validates and counts one mask."""
 
-    def __init__(self, labels: LabelSpec) -> None:
+    def __init__(self, labels: LabelSpec, allow_lossy: bool = True) -> None:
         self.labels = labels
+        self.allow_lossy = allow_lossy
 
     def __call__(self, pair: SamplePair) -> tuple[np.ndarray, int, int]:
-        mask, hist = self.labels.prepare(read_mask(pair.mask), str(pair.mask))
+        raw = read_mask(pair.mask, allow_lossy=self.allow_lossy)  # also catches JPEG data named .png
+        mask, hist = self.labels.prepare(raw, str(pair.mask))
         w, h = image_size(pair.image)
         if (h, w) != mask.shape:
             raise ValueError(
@@ -46,13 +51,17 @@ class FolderDataModule(SegDataModule):
     Args:
         root: data set folder (``datamodule.root=PATH``).
         splits: per split ("train", "val", "test") ``{images: DIR, masks: DIR}`` and/or ``{list: FILE}``,
-            relative to ``root`` (see :func:`datamodules.pairing.find_pairs`). A list file holds one sample
-            per line: ``<image> <mask>`` paths, or a sample id looked up in ``images``/``masks``.
+            relative to ``root`` (see :func:`datamodules.pairing.find_pairs`); null values count as
+            absent. A list file holds one sample per line: ``<image> <mask>`` paths, or a sample id looked
+            up in ``images``/``masks``. A set ``list`` takes precedence: the folders then only serve
+            one-column lines.
         value_map: stored mask value -> label value (e.g. ``{255: 1}`` for 0/255 binary masks).
         image_extensions: image file extensions considered when pairing.
         mask_suffix: mask file name = ``<image stem><mask_suffix><mask_extension>``.
         mask_extension: see ``mask_suffix``.
         crop_size: (H, W) training crop used by the train pipeline (stored for reference).
+        allow_lossy_masks: accept masks in lossy formats (JPEG, lossy WebP); default False refuses them
+            when the pairs are built, since compression changes label values at edges.
         **kwargs: :class:`~datamodules.base.SegDataModule` arguments (``num_classes``, ``class_names``,
             ``ignore_index``, ``mode``, ``in_channels``, loader settings, transforms, ``seed`` ...).
 
@@ -70,6 +79,7 @@ class FolderDataModule(SegDataModule):
         mask_suffix: str = "",
         mask_extension: str = ".png",
         crop_size: Sequence[int] | None = None,
+        allow_lossy_masks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -81,13 +91,20 @@ class FolderDataModule(SegDataModule):
                 f"data set root {str(root)!r} does not exist or is not a folder (resolved: "
                 f"{self.root.resolve()}); set it with the override datamodule.root=PATH"
             )
-        self.splits = {k: dict(v) for k, v in (splits or DEFAULT_SPLITS).items()}
+        self.splits = {k: dict(v or {}) for k, v in (splits or DEFAULT_SPLITS).items()}
         self.value_map = None if value_map is None else {int(k): int(v) for k, v in dict(value_map).items()}
         self.labels = LabelSpec(self.mode, self.num_classes, self.ignore_index, self.value_map)
         self.image_extensions = [str(e) if str(e).startswith(".") else f".{e}" for e in image_extensions]
         self.mask_suffix = mask_suffix
         self.mask_extension = mask_extension if mask_extension.startswith(".") else f".{mask_extension}"
         self.crop_size = None if crop_size is None else [int(s) for s in crop_size]
+        self.allow_lossy_masks = check_bool(allow_lossy_masks, "datamodule.allow_lossy_masks")
+        if not self.allow_lossy_masks and self.mask_extension.lower() in LOSSY_MASK_EXTENSIONS:
+            raise ValueError(
+                f"datamodule.mask_extension={mask_extension!r} is a lossy format: {LOSSY_REASON}, so "
+                "artefacts become labels; store masks as PNG (lossless), or set "
+                "datamodule.allow_lossy_masks=true if you accept that"
+            )
         self._pairs: dict[str, list[SamplePair]] = {}
 
     def pairs(self, split: str) -> list[SamplePair]:
@@ -105,6 +122,7 @@ class FolderDataModule(SegDataModule):
                 image_extensions=self.image_extensions,
                 mask_suffix=self.mask_suffix,
                 mask_extension=self.mask_extension,
+                allow_lossy_masks=self.allow_lossy_masks,
             )
         return self._pairs[split]
 
@@ -124,10 +142,42 @@ class FolderDataModule(SegDataModule):
             "masks": files,
         }
 
+    def preflight_source(self) -> str:
+        return f"data set {self.root}"
+
+    def preflight_plans(self) -> list[SplitPlan]:
+        """Every pair of train, val and test, checked by :class:`~datamodules.preflight.PairChecker`;
+        listing errors (no samples, unpaired files, split not configured) become problems."""
+        lossy = getattr(self, "allow_lossy_masks", None)  # read masks as the data set does
+        mask_kwargs = None if lossy is None else {"allow_lossy": lossy}
+        checker = PairChecker(self.labels, self.in_channels, mask_kwargs)
+        plans = []
+        for split in ("train", "val", "test"):
+            try:
+                pairs = self.pairs(split)
+            except (ValueError, OSError) as e:
+                plans.append(SplitPlan(split, [], None, problems=[Problem("split", split, "", str(e))]))
+                continue
+            files = file_identity(f for p in pairs for f in (p.image, p.mask))
+            key = None
+            if files is not None:
+                key = {
+                    "kind": "folder-preflight",
+                    "version": PREFLIGHT_VERSION,
+                    "split": split,
+                    **self.label_spec_key(),
+                    "value_map": sorted((self.value_map or {}).items()),
+                    "in_channels": self.in_channels,
+                    "mask_kwargs": checker.mask_kwargs,
+                    "files": files,
+                }
+            plans.append(SplitPlan(split, pairs, checker, key))
+        return plans
+
     def compute_label_statistics(self) -> LabelStatistics:
         return count_labels(
             self.pairs("train"),
-            MaskCounter(self.labels),
+            MaskCounter(self.labels, allow_lossy=self.allow_lossy_masks),
             self.class_names,
             num_workers=self.num_workers,
             progress=self.progress,

@@ -1,14 +1,24 @@
-"""Reading image and mask files with errors that name the file."""
+"""Reading image and mask files with errors that name the file.
+
+Images are turned upright by their EXIF orientation tag (as photo viewers and annotation tools show
+them), masks are read as stored.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _MASK_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I", "1")
 _IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+#: Mask file extensions of lossy formats (compared lower-case); WebP is lossy or lossless per file.
+LOSSY_MASK_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
+#: PIL formats that are always lossy.
+_LOSSY_FORMATS = ("JPEG", "MPO")
+_EXIF_ORIENTATION = 0x0112
+LOSSY_REASON = "compression changes label values at edges"
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -22,11 +32,21 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: upright, 2..8: flipped/rotated), read from the header."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, TypeError, KeyError, SyntaxError):  # broken EXIF block: upright
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) as :func:`read_image` returns it (EXIF orientation applied), from the header."""
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -34,13 +54,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 def read_image(path: str | Path, in_channels: int) -> np.ndarray:
-    """Read an image as uint8 (H, W, in_channels): RGB for 3 channels, luminance for 1."""
+    """Read an image as uint8 (H, W, in_channels): RGB for 3 channels, luminance for 1.
+
+    An EXIF orientation tag (phone and camera JPEGs) is applied, so the image is upright like its mask.
+    """
     path = Path(path)
     img = _open(path, "image")
     if img.mode not in _IMAGE_MODES:
         raise ValueError(
             f"image file {path} has PIL mode {img.mode!r}; supported: 8-bit modes {_IMAGE_MODES}"
         )
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
     if in_channels == 3:
         arr = np.asarray(img.convert("RGB"))
     elif in_channels == 1:
@@ -50,14 +75,66 @@ def read_image(path: str | Path, in_channels: int) -> np.ndarray:
     return arr
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a single-channel index mask as a (H, W) integer array (palette images give their indices)."""
+def is_lossy_webp(path: str | Path) -> bool:
+    """Whether a WebP file holds lossy (VP8) image data, from its RIFF chunks; False if not WebP."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+                return False
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return False
+                tag, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if tag == b"VP8 ":
+                    return True
+                if tag == b"VP8L":
+                    return False
+                f.seek(size + (size & 1), 1)  # VP8X, ICCP, ANIM, ALPH ...: skip (chunks are even-padded)
+    except OSError:
+        return False
+
+
+def lossy_mask_reason(path: str | Path) -> str | None:
+    """Why a mask file (by extension, or WebP by content) is lossy, or None if it is not."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in LOSSY_MASK_EXTENSIONS:
+        return f"{ext} is a lossy format"
+    if ext == ".webp" and is_lossy_webp(path):
+        return "it is a lossy WebP file"
+    return None
+
+
+def _rgb_mask_hint(img: Image.Image) -> str:
+    if img.mode not in ("RGB", "RGBA"):
+        return ""
+    rgb = np.asarray(img)[..., :3]
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return (
+            "; all three channels are equal: save it as a single-channel (L) image, e.g. "
+            "Image.open(p).convert('L').save(p)"
+        )
+    return ""
+
+
+def read_mask(path: str | Path, *, allow_lossy: bool = True) -> np.ndarray:
+    """Read a single-channel index mask as a (H, W) integer array (palette images give their indices).
+
+    ``allow_lossy=False`` refuses a file whose content is JPEG (or lossy WebP) whatever its extension.
+    """
     path = Path(path)
     img = _open(path, "mask")
+    if not allow_lossy and (img.format in _LOSSY_FORMATS or (img.format == "WEBP" and is_lossy_webp(path))):
+        raise ValueError(
+            f"mask file {path} is {img.format}-compressed (lossy): {LOSSY_REASON}; store masks as PNG, "
+            "or set datamodule.allow_lossy_masks=true"
+        )
     if img.mode not in _MASK_MODES:
         raise ValueError(
             f"mask file {path} has PIL mode {img.mode!r}; masks must be single-channel index images "
-            f"(modes {_MASK_MODES}), one class value per pixel, not colour-coded"
+            f"(modes {_MASK_MODES}), one class value per pixel, not colour-coded{_rgb_mask_hint(img)}"
         )
     arr = np.asarray(img)
     if arr.dtype == bool:

@@ -1,10 +1,17 @@
-"""Finding (image, mask) file pairs of a split: by file stem in folders, or from a list file."""
+"""Finding (image, mask) file pairs of a split: by file stem in folders, or from a list file.
+
+Hidden files (names starting with ``.``, e.g. macOS ``._*`` AppleDouble files) in the folders are skipped;
+extensions are compared case-insensitively (``a.PNG`` is a ``.png`` file). Masks in lossy formats (JPEG,
+lossy WebP) are refused unless ``allow_lossy_masks``: compression changes label values at edges.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .io import LOSSY_REASON, lossy_mask_reason
 
 DEFAULT_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SHOW = 5
@@ -22,6 +29,51 @@ class SamplePair:
 def _few(items: Sequence[object]) -> str:
     shown = ", ".join(str(x) for x in items[:_SHOW])
     return shown + (f", ... ({len(items)} in all)" if len(items) > _SHOW else "")
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _has_tail(name: str, suffix: str, extension: str) -> bool:
+    """Whether ``name`` is ``<something><suffix><extension>``, the extension compared case-insensitively."""
+    n = len(suffix) + len(extension)
+    return (
+        len(name) > n
+        and name.lower().endswith(extension.lower())
+        and name[: len(name) - len(extension)].endswith(suffix)
+    )
+
+
+def _existing(candidates: Sequence[Path]) -> Path | None:
+    """The first candidate file that exists, trying each name also with an upper-case extension."""
+    for c in candidates:
+        for v in (c, c.with_suffix(c.suffix.upper())):
+            if v.is_file():
+                return v
+    return None
+
+
+def check_lossless_masks(pairs: Sequence[SamplePair], *, split: str, key: str) -> None:
+    """Refuse masks stored in a lossy format (``.jpg``/``.jpeg``/``.jfif``, lossy WebP).
+
+    Args:
+        key: the config key that selected the masks, named in the message.
+
+    Raises:
+        ValueError: naming the first few lossy files, why, and ``datamodule.allow_lossy_masks``.
+    """
+    lossy = []
+    for p in pairs:
+        why = lossy_mask_reason(p.mask)
+        if why is not None:
+            lossy.append(f"{p.mask} ({why})")
+    if lossy:
+        raise ValueError(
+            f"split '{split}': {len(lossy)} mask file(s) in a lossy format ({key}): {_few(lossy)}. "
+            f"{LOSSY_REASON[0].upper()}{LOSSY_REASON[1:]}, so artefacts become labels; store masks as PNG "
+            "(lossless), or set datamodule.allow_lossy_masks=true if you accept that"
+        )
 
 
 def _dir(root: Path, rel: str | None, split: str, key: str) -> Path:
@@ -53,6 +105,7 @@ def pairs_from_folders(
     """
     exts = {e.lower() for e in image_extensions}
     mask_tail = mask_suffix + mask_extension
+    mask_tail_len = len(mask_tail)
     same_dir = image_dir.resolve() == mask_dir.resolve()
     if same_dir and not mask_suffix:
         raise ValueError(
@@ -62,9 +115,9 @@ def pairs_from_folders(
 
     images: dict[str, Path] = {}
     for p in sorted(image_dir.iterdir()):
-        if not p.is_file() or p.suffix.lower() not in exts:
+        if _is_hidden(p) or not p.is_file() or p.suffix.lower() not in exts:
             continue
-        if same_dir and mask_suffix and p.name.endswith(mask_tail):
+        if same_dir and mask_suffix and _has_tail(p.name, mask_suffix, mask_extension):
             continue  # a mask stored beside its image
         if p.stem in images:
             raise ValueError(f"split '{split}': two images share the stem '{p.stem}': {images[p.stem]}, {p}")
@@ -72,8 +125,8 @@ def pairs_from_folders(
 
     masks: dict[str, Path] = {}
     for p in sorted(mask_dir.iterdir()):
-        if p.is_file() and p.name.endswith(mask_tail) and len(p.name) > len(mask_tail):
-            masks[p.name[: -len(mask_tail)]] = p
+        if not _is_hidden(p) and p.is_file() and _has_tail(p.name, mask_suffix, mask_extension):
+            masks[p.name[:-mask_tail_len]] = p
 
     missing_masks = sorted(s for s in images if s not in masks)
     orphan_masks = sorted(s for s in masks if s not in images)
@@ -106,8 +159,8 @@ def pairs_from_list(
     root: Path,
     *,
     split: str,
-    image_dir: Path | None,
-    mask_dir: Path | None,
+    image_dir: Path | Callable[[], Path] | None,
+    mask_dir: Path | Callable[[], Path] | None,
     image_extensions: Sequence[str] = DEFAULT_IMAGE_EXTENSIONS,
     mask_suffix: str = "",
     mask_extension: str = ".png",
@@ -116,7 +169,8 @@ def pairs_from_list(
 
     A line is either ``<image path> <mask path>`` (relative to ``root`` or absolute) or a single sample
     id (a stem, or an image file name), looked up in ``image_dir`` and ``mask_dir`` like
-    :func:`pairs_from_folders` does.
+    :func:`pairs_from_folders` does. The folders may be given as callables, resolved on the first
+    one-column line (so that folders a list does not need are never required to exist).
 
     Raises:
         FileNotFoundError: the list file does not exist.
@@ -125,6 +179,13 @@ def pairs_from_list(
     if not list_file.is_file():
         raise FileNotFoundError(f"list file of split '{split}' does not exist: {list_file}")
     exts = [e.lower() for e in image_extensions]
+    dirs: dict[str, Path] = {}
+
+    def folder(key: str, value: Path | Callable[[], Path]) -> Path:
+        if key not in dirs:
+            dirs[key] = value() if callable(value) else value
+        return dirs[key]
+
     pairs: list[SamplePair] = []
     missing: list[str] = []
     for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
@@ -140,12 +201,14 @@ def pairs_from_list(
                     f"{list_file}:{lineno}: a one-column line ({tokens[0]!r}) needs the folders "
                     f"datamodule.splits.{split}.images and .masks to look the sample up"
                 )
+            idir, mdir = folder("images", image_dir), folder("masks", mask_dir)
             token = tokens[0]
             stem = Path(token).stem if Path(token).suffix.lower() in exts else token
-            candidates = [image_dir / token] if Path(token).suffix.lower() in exts else []
-            candidates += [image_dir / f"{stem}{e}" for e in exts]
-            image = next((c for c in candidates if c.is_file()), candidates[0])
-            mask = mask_dir / f"{stem}{mask_suffix}{mask_extension}"
+            candidates = [idir / token] if Path(token).suffix.lower() in exts else []
+            candidates += [idir / f"{stem}{e}" for e in exts]
+            image = _existing(candidates) or candidates[0]
+            mask = mdir / f"{stem}{mask_suffix}{mask_extension}"
+            mask = _existing([mask]) or mask
         else:
             raise ValueError(
                 f"{list_file}:{lineno}: expected '<image> <mask>' or a single sample id, got {entry!r}"
@@ -169,9 +232,18 @@ def find_pairs(
     image_extensions: Sequence[str] = DEFAULT_IMAGE_EXTENSIONS,
     mask_suffix: str = "",
     mask_extension: str = ".png",
+    allow_lossy_masks: bool = False,
 ) -> list[SamplePair]:
     """Pairs of one split from its spec: ``{images: DIR, masks: DIR}`` and/or ``{list: FILE}``,
-    paths relative to ``root``."""
+    paths relative to ``root``; a key set to None counts as absent.
+
+    Precedence: when ``list`` is set, it alone selects the samples; ``images``/``masks`` are then only
+    used to look up one-column (sample id) lines, and need not exist otherwise.
+
+    Raises:
+        ValueError: see :func:`pairs_from_folders`, :func:`pairs_from_list`; masks in a lossy format
+            (unless ``allow_lossy_masks``, see :func:`check_lossless_masks`).
+    """
     unknown = set(spec) - {"images", "masks", "list"}
     if unknown:
         raise ValueError(
@@ -179,16 +251,22 @@ def find_pairs(
         )
     kw = dict(image_extensions=image_extensions, mask_suffix=mask_suffix, mask_extension=mask_extension)
     if spec.get("list"):
-        image_dir = _dir(root, spec["images"], split, "images") if spec.get("images") else None
-        mask_dir = _dir(root, spec["masks"], split, "masks") if spec.get("masks") else None
-        return pairs_from_list(
-            (root / spec["list"]).expanduser(),
+        images, masks = spec.get("images"), spec.get("masks")
+        list_file = (root / spec["list"]).expanduser()
+        pairs = pairs_from_list(
+            list_file,
             root,
             split=split,
-            image_dir=image_dir,
-            mask_dir=mask_dir,
+            image_dir=(lambda: _dir(root, images, split, "images")) if images else None,
+            mask_dir=(lambda: _dir(root, masks, split, "masks")) if masks else None,
             **kw,
         )
-    image_dir = _dir(root, spec.get("images"), split, "images")
-    mask_dir = _dir(root, spec.get("masks"), split, "masks")
-    return pairs_from_folders(image_dir, mask_dir, split=split, **kw)
+        key = f"datamodule.splits.{split}.list={spec['list']!r} ({list_file})"
+    else:
+        image_dir = _dir(root, spec.get("images"), split, "images")
+        mask_dir = _dir(root, spec.get("masks"), split, "masks")
+        pairs = pairs_from_folders(image_dir, mask_dir, split=split, **kw)
+        key = f"datamodule.mask_extension={mask_extension!r}"
+    if not allow_lossy_masks:
+        check_lossless_masks(pairs, split=split, key=key)
+    return pairs

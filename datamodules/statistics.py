@@ -24,6 +24,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from seglosses.checks import check_bool, check_number
+
+from .labels import LabelSpec
+
 CACHE_VERSION = 1
 CountFn = Callable[[Any], tuple[np.ndarray, int, int]]
 
@@ -208,3 +212,110 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return Path(base).expanduser() / "imbalanced_seg"
+
+
+#: Default of ``datamodule.max_ignored_share``: the largest tolerated share of ignored training pixels.
+DEFAULT_MAX_IGNORED_SHARE = 0.5
+
+
+def format_statistics(stats: LabelStatistics, ignore_index: int | None = None) -> str:
+    """A plain-text table of ``stats``: pixels per class with their share of the labelled pixels, and
+    the ignored pixels with their share of all pixels."""
+    labelled = max(stats.labelled_pixels, 1)
+    width = max([len(n) for n in stats.class_names] + [len("ignored")]) + 6
+    rows = [f"  {'class':<{width}} {'pixels':>12}  share", f"  {'-' * (width + 21)}"]
+    for i, (name, n) in enumerate(zip(stats.class_names, stats.pixel_counts.tolist(), strict=True)):
+        rows.append(f"  {f'{i} {name}':<{width}} {n:>12,}  {100 * n / labelled:5.1f} % of labelled")
+    ign = "ignored" if ignore_index is None else f"ignored ({ignore_index})"
+    share = 100 * stats.ignored_pixels / max(stats.total_pixels, 1)
+    rows.append(f"  {ign:<{width}} {stats.ignored_pixels:>12,}  {share:5.1f} % of all")
+    rows.append(f"  {stats.num_images} masks, {stats.total_pixels:,} pixels")
+    return "\n".join(rows)
+
+
+def check_label_statistics(
+    stats: LabelStatistics,
+    labels: LabelSpec,
+    *,
+    allow_absent_classes: bool = False,
+    max_ignored_share: float = DEFAULT_MAX_IGNORED_SHARE,
+) -> None:
+    """Stop a run whose training labels cannot be what was meant.
+
+    Two findings raise (each unless its option says it is intended):
+
+    - a declared class has no pixel in any training mask (``allow_absent_classes=True`` accepts it);
+    - more than ``max_ignored_share`` of all training pixels equal ``ignore_index`` (``1.0`` accepts any).
+
+    The classic cause is 0/255 binary masks read with ``ignore_index=255`` and no ``value_map``: the whole
+    foreground is ignored and the run reports a perfect score. Such masks (binary mode, or multiclass
+    with two classes; only the values 0 and 255) get that diagnosis directly.
+
+    Args:
+        stats: statistics of the training split.
+        labels: the :class:`~datamodules.labels.LabelSpec` the statistics were counted with.
+
+    Raises:
+        ValueError: with the findings, the statistics table and the likely fix.
+    """
+    check_bool(allow_absent_classes, "datamodule.allow_absent_classes")
+    check_number(max_ignored_share, "datamodule.max_ignored_share", 0.0)
+    if max_ignored_share > 1:
+        raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {max_ignored_share!r}")
+    ii = labels.ignore_index
+    counts = stats.pixel_counts.tolist()
+    absent = [i for i, n in enumerate(counts) if n == 0]
+    ignored_share = stats.ignored_pixels / stats.total_pixels if stats.total_pixels else 0.0
+    findings = []
+    if absent and not allow_absent_classes:
+        names = ", ".join(f"{i} {stats.class_names[i]!r}" for i in absent)
+        findings.append(
+            f"{len(absent)} declared class(es) absent from all {stats.num_images} training masks: {names}"
+        )
+    if ignored_share > max_ignored_share:
+        findings.append(
+            f"{100 * ignored_share:.1f} % of the training pixels equal ignore_index {ii}, more than "
+            f"datamodule.max_ignored_share={max_ignored_share}"
+        )
+    if not findings:
+        return
+    table = format_statistics(stats, ii)
+    mapped = bool(labels.value_map)
+    two_values = labels.mode == "binary" or (labels.mode == "multiclass" and labels.num_classes == 2)
+    if two_values and ii == 255 and not mapped and stats.ignored_pixels and counts[-1] == 0:
+        raise ValueError(
+            "the training split looks like 0/255 masks: set datamodule.value_map={255:1}. "
+            "Its only mask values are 0 and 255, and 255 is datamodule.ignore_index, so the whole "
+            f"foreground ({100 * ignored_share:.1f} % of the pixels) is ignored and no foreground pixel is "
+            f"ever trained or scored.\nTraining label statistics:\n{table}\nIf this is intended, say so: "
+            "datamodule.allow_absent_classes=true"
+        )
+    fixes = []
+    if stats.ignored_pixels and ii is not None:
+        fixes.append(
+            f"if the value {ii} is a class (e.g. 0/255 masks), map it: datamodule.value_map={{{ii}:1}} "
+            "(stored value: label)"
+        )
+        fixes.append(
+            "if another value marks unlabelled pixels, set datamodule.ignore_index to it "
+            f"(now {ii}; null: none)"
+        )
+    if absent:
+        fixes.append(
+            "check datamodule.num_classes / class_names"
+            + (" and value_map" if mapped else "")
+            + " against the values stored in the masks"
+        )
+    opts = []
+    if absent and not allow_absent_classes:
+        opts.append("datamodule.allow_absent_classes=true")
+    if ignored_share > max_ignored_share:
+        opts.append("datamodule.max_ignored_share=1.0")
+    raise ValueError(
+        "label check of the training split failed:\n- "
+        + "\n- ".join(findings)
+        + f"\nTraining label statistics:\n{table}\nLikely fix: "
+        + "; ".join(fixes)
+        + ".\nIf this is intended, say so: "
+        + " ".join(opts)
+    )

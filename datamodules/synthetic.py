@@ -23,6 +23,7 @@ from seglosses.checks import check_int
 from .base import SegDataModule
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
+from .preflight import Problem, SplitPlan
 from .statistics import LabelStatistics, count_labels
 
 GENERATOR_VERSION = 2
@@ -168,6 +169,27 @@ class _SyntheticCounter:
         return counts, ignored, mask.size
 
 
+class _SyntheticCheck:
+    """Pre-flight check of one generated sample: image shape and mask values (:meth:`LabelSpec.prepare`)."""
+
+    def __init__(self, dataset: SyntheticDataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> list[Problem]:
+        image, mask, name = self.dataset.load(index)
+        want = (*self.dataset.image_size, self.dataset.in_channels)
+        problems = []
+        if image.shape != want:
+            problems.append(
+                Problem("size mismatch", "", name, f"sample {name}: image {image.shape}, expected {want}")
+            )
+        try:
+            self.dataset.labels.prepare(mask, name)
+        except ValueError as e:
+            problems.append(Problem("invalid mask values", "", name, str(e)))
+        return problems
+
+
 class SyntheticDataModule(SegDataModule):
     """The default data: generated shapes on textured backgrounds, deliberately imbalanced.
 
@@ -234,6 +256,14 @@ class SyntheticDataModule(SegDataModule):
             "num_train": self.num_train,
             "seed": self.seed,
         }
+
+    def preflight_source(self) -> str:
+        return "the synthetic data set"
+
+    def preflight_plans(self) -> list[SplitPlan]:
+        """Generated data has no files to break: the split sizes are checked (>= 1) in ``__init__`` and
+        the first sample of each split is rendered and validated (milliseconds; never cached)."""
+        return [SplitPlan(s, [0], _SyntheticCheck(self.make_dataset(s))) for s in ("train", "val", "test")]
 
     def compute_label_statistics(self) -> LabelStatistics:
         dataset = self.make_dataset("train")

@@ -87,6 +87,8 @@ LOADER_KEYS = {
     "drop_last",
     "stats_cache_dir",
     "progress",
+    "allow_absent_classes",
+    "max_ignored_share",
 }
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 # The composed loader settings of each option, as they were when every option spelled them out.
