@@ -16,7 +16,8 @@ Each run writes into its own directory (``paths.output_dir``): the composed conf
 
 The run itself is :func:`runs.training.run` (importable, e.g. with a config from ``hydra.compose``); this
 script adds the command line, job status and sweep failure handling (``runs.jobs``) and torchrun/srun
-arguments (``runs.ddp``).
+arguments (``runs.ddp``). Exit status: non-zero when a single run fails; in a ``-m`` sweep every job runs,
+and the sweep exits 1 after its summary when any job failed (``runs.summary.SweepSummary``).
 """
 
 from __future__ import annotations

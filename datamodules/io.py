@@ -34,6 +34,8 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1: upright, 2..8: flipped/rotated), read from the header."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # PIL's getexif() would decode the whole PNG to look for an eXIf chunk after the pixels
     try:
         value = img.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, TypeError, KeyError, SyntaxError):  # broken EXIF block: upright

@@ -1,7 +1,10 @@
-"""Training callbacks: focal gamma schedule, and a PNG grid of validation predictions."""
+"""Training callbacks: focal gamma schedule, a PNG grid of validation predictions, and a checkpoint
+callback whose run directory may be moved or copied between a run and its resume."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from seglosses.checks import check_int
@@ -18,6 +23,7 @@ from seglosses.focal import CrossEntropyLoss, FocalLoss
 __all__ = [
     "GammaScheduleCallback",
     "PredictionGridCallback",
+    "RunCheckpoint",
     "color_palette",
     "focal_terms",
     "label_flags",
@@ -76,6 +82,83 @@ class GammaScheduleCallback(pl.Callback):
             self.apply(pl_module, trainer.current_epoch)
 
 
+log = logging.getLogger(__name__)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """:class:`~pytorch_lightning.callbacks.ModelCheckpoint` that resumes the same run when the run
+    directory was moved or copied since the checkpoint was written.
+
+    Lightning stores absolute paths in the checkpoint (``dirpath``, ``best_model_path``, ``best_k_models``,
+    ``kth_best_model_path``, ``last_model_path``); when ``dirpath`` differs on resume it drops the best
+    score (so a worse epoch becomes "best") and keeps the old ``best_model_path``, which then names a file
+    that is gone or, worse, the other directory's checkpoint (evaluated, or deleted when a better epoch
+    comes). Here every path inside the saved ``dirpath`` is re-based onto the current one and the scores
+    are kept. A best checkpoint missing from the current directory is copied there from the saved one
+    (resuming another run's ``last.ckpt`` into a new directory); one found in neither place is dropped
+    with a warning, and the best is then chosen among the epochs trained from now on.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if not old or not self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        if _same_dir(old, self.dirpath):  # also when spelled differently (a symlink): keep everything
+            super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+            return
+        old_dir, new_dir = Path(old), Path(self.dirpath)
+
+        def rebase(path: Any) -> Any:
+            if isinstance(path, str) and path and Path(path).parent == old_dir:
+                return str(new_dir / Path(path).name)
+            return path
+
+        def available(path: str, original: str) -> bool:
+            """Whether ``path`` (re-based) holds the checkpoint, copying it from ``original`` if needed.
+            The decision is the same on every rank (only rank 0 copies)."""
+            if Path(path).is_file():
+                return True
+            if path == original or not Path(original).is_file():
+                return False
+            if rank_zero_only.rank == 0:
+                new_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(original, path)
+                log.info("copied the best checkpoint %s of the resumed run to %s", original, path)
+            return True
+
+        best_k = {}
+        for path, score in (state_dict.get("best_k_models") or {}).items():
+            new = rebase(path)
+            if available(new, path):
+                best_k[new] = score
+            else:
+                log.warning(
+                    "checkpoint %s of the resumed run was found neither there nor in %s: it is no longer "
+                    "a candidate for the best checkpoint", path, new_dir,
+                )  # fmt: skip
+        state = {**state_dict, "dirpath": self.dirpath, "best_k_models": best_k}
+        state["last_model_path"] = rebase(state_dict.get("last_model_path", ""))
+        state["kth_best_model_path"] = rebase(state_dict.get("kth_best_model_path", ""))
+        best = rebase(state_dict.get("best_model_path", ""))
+        if best_k and best not in best_k:  # the best one was lost: the best of those left
+            pick = min if self.mode == "min" else max
+            best = pick(best_k, key=lambda k: float(best_k[k]))
+            state["best_model_score"] = best_k[best]
+        if not best_k and state_dict.get("best_model_path"):
+            best, state["best_model_score"] = "", None
+            state["kth_best_model_path"], state["kth_value"] = "", self.kth_value
+        state["best_model_path"] = best
+        super().load_state_dict(state)
+
+
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b
+
+
 def color_palette(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8 colours: the PASCAL VOC palette (bits of the class id spread over R, G, B;
     class 0 black)."""
@@ -131,30 +214,39 @@ def label_flags(masks: Tensor) -> Tensor:
 
 
 def render_grid(
-    images: Tensor,
-    masks: Tensor,
-    preds: Tensor,
+    images: Tensor | Sequence[Tensor],
+    masks: Tensor | Sequence[Tensor],
+    preds: Tensor | Sequence[Tensor],
     num_classes: int,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     min_tile: int = 128,
 ) -> Image.Image:
     """One row per sample: image | ground truth | prediction, masks coloured by :func:`color_palette`
-    (ignored pixels white). ``images`` (N, C, H, W) float, ``masks``/``preds`` (N, H, W) int.
-    Tiles are enlarged by an integer factor to at least ``min_tile`` pixels (nearest neighbour)."""
-    n, _, h, w = images.shape
-    scale = max(1, -(-min_tile // max(h, w)))
-    th, tw = h * scale, w * scale
+    (ignored pixels white). ``images`` (N, C, H, W) float, ``masks``/``preds`` (N, H, W) int, or sequences
+    of one (C, H, W) image and (H, W) masks per sample, whose sizes may differ (data sets of mixed image
+    sizes evaluated with ``eval_batch_size=1``): each row is drawn at its own size.
+    Tiles are enlarged by one integer factor to at least ``min_tile`` pixels for the largest sample
+    (nearest neighbour), so that relative sizes are kept."""
+    n = len(images)
+    sizes = [tuple(img.shape[-2:]) for img in images]
+    largest = max((max(h, w) for h, w in sizes), default=1)
+    scale = max(1, -(-min_tile // max(1, largest)))
+    col_w = max((w for _, w in sizes), default=1) * scale
+    row_h = [h * scale for h, _ in sizes]
     palette = color_palette(max(num_classes, 2))
-    grid = Image.new("RGB", (3 * tw + 4 * GAP, HEADER + n * (th + GAP) + GAP), (40, 40, 40))
+    grid = Image.new("RGB", (3 * col_w + 4 * GAP, HEADER + sum(row_h) + n * GAP + GAP), (40, 40, 40))
     draw = ImageDraw.Draw(grid)
     for j, title in enumerate(("image", "ground truth", "prediction")):
-        draw.text((GAP + j * (tw + GAP) + 2, 1), title, fill=(255, 255, 255))
+        draw.text((GAP + j * (col_w + GAP) + 2, 1), title, fill=(255, 255, 255))
+    top = HEADER + GAP
     for i in range(n):
+        w, th = sizes[i][1], row_h[i]
         tiles = (_to_rgb(images[i], mean, std), _colorize(masks[i], palette), _colorize(preds[i], palette))
         for j, tile in enumerate(tiles):
-            img = Image.fromarray(tile).resize((tw, th), Image.Resampling.NEAREST)
-            grid.paste(img, (GAP + j * (tw + GAP), HEADER + GAP + i * (th + GAP)))
+            img = Image.fromarray(tile).resize((w * scale, th), Image.Resampling.NEAREST)
+            grid.paste(img, (GAP + j * (col_w + GAP), top))
+        top += th + GAP
     return grid
 
 
@@ -170,6 +262,8 @@ class PredictionGridCallback(pl.Callback):
     Predictions come from the ``"preds"`` entry of ``validation_step``'s output
     (:class:`~models.SegmentationModule`) or, failing that, from the module's ``predict_classes`` (or the
     argmax) of its output. Images are de-normalised with the datamodule's ``mean``/``std`` when it has them.
+    Samples may differ in size (mixed image sizes with ``datamodule.eval_batch_size=1``): each row of the
+    grid is drawn at its sample's size (:func:`render_grid`).
 
     Multilabel masks and predictions (N, C, H, W) are drawn as their bit flags (:func:`label_flags`): each
     pixel is coloured by its set of labels, with the palette entry of the value a mask file stores for it
@@ -226,13 +320,16 @@ class PredictionGridCallback(pl.Callback):
         if not self._samples or not self._active(trainer) or not trainer.is_global_zero:
             self._samples = []
             return
-        images, masks, preds = (torch.cat(parts) for parts in zip(*self._samples, strict=True))
+        # One entry per sample: batches of different image sizes (eval_batch_size=1) are not stacked.
+        samples = zip(*self._samples, strict=True)
+        images, masks, preds = ([x for part in parts for x in part] for parts in samples)
         self._samples = []
         dm = trainer.datamodule
+        top = max(int(p.max()) for p in preds)
         if self._multilabel:  # palette up to the largest flag value shown (at most 2**C)
-            num_classes = max(int(masks.max()), int(preds.max())) + 1
+            num_classes = max(max(int(m.max()) for m in masks), top) + 1
         else:
-            num_classes = getattr(pl_module, "metric_classes", None) or int(preds.max()) + 1
+            num_classes = getattr(pl_module, "metric_classes", None) or top + 1
         grid = render_grid(
             images, masks, preds, num_classes, getattr(dm, "mean", None), getattr(dm, "std", None)
         )

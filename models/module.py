@@ -54,6 +54,10 @@ class SegmentationModule(pl.LightningModule):
     ``ignore_index`` intact (binary: {0, 1}; multilabel: (B, C, H, W) {0, 1} per label, ignored pixels
     ``ignore_index`` in every channel); other keys (``"name"``) are ignored.
 
+    A non-finite loss fails the run with FloatingPointError naming stage, epoch and batch: in training at
+    the step, in validation/test at the end of the epoch (before the checkpoint callback saves the weights;
+    tracked on the device, so without a device sync per batch).
+
     Attributes:
         results: ``{"val": ..., "test": ...}``, the latest :func:`models.report.summarize` of each stage plus
             its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run);
@@ -95,6 +99,8 @@ class SegmentationModule(pl.LightningModule):
             {stage: metric_type(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
         )
         self.results: dict[str, dict[str, Any]] = {}
+        # Per evaluation stage: first non-finite loss of the epoch, on the loss's device (see _track_finite).
+        self._nonfinite: dict[str, dict[str, Tensor]] = {}
         # epoch of the last checkpoint Lightning loaded into this module (fit resume, validate/test)
         self.loaded_checkpoint_epoch: int | None = None
         self.save_hyperparameters(
@@ -144,12 +150,35 @@ class SegmentationModule(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
         loss, preds, mask = self._step(batch, "val")
         self.metrics["val"].update(preds, mask)
+        self._track_finite("val", loss, batch_idx)
         return {"loss": loss, "preds": preds}
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Tensor]:
         loss, preds, mask = self._step(batch, "test")
         self.metrics["test"].update(preds, mask)
+        self._track_finite("test", loss, batch_idx)
         return {"loss": loss, "preds": preds}
+
+    def _track_finite(self, stage: str, loss: Tensor, batch_idx: int) -> None:
+        """Remember the first non-finite ``stage`` loss of the epoch (its batch and value) and count them.
+
+        Device ops only, no ``.item()``: checking each step like ``training_step`` does would wait for the
+        device at every evaluation batch. :meth:`_check_finite` reads the result once, at the epoch end.
+        """
+        loss = loss.detach()
+        state = self._nonfinite.get(stage)
+        if state is None:
+            state = {
+                "batch": torch.full((), -1, dtype=torch.long, device=loss.device),
+                "value": torch.zeros((), dtype=torch.float32, device=loss.device),
+                "count": torch.zeros((), dtype=torch.long, device=loss.device),
+            }
+            self._nonfinite[stage] = state
+        bad = ~torch.isfinite(loss)
+        first = bad & (state["batch"] < 0)
+        state["batch"].masked_fill_(first, batch_idx)  # a Python scalar: no host-to-device copy
+        state["value"].copy_(torch.where(first, loss.float(), state["value"]))
+        state["count"].add_(bad.long())
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"] if isinstance(batch, Mapping) else batch
@@ -175,6 +204,12 @@ class SegmentationModule(pl.LightningModule):
 
     # ---- epoch ends --------------------------------------------------------------------------------------
 
+    def on_validation_epoch_start(self) -> None:
+        self._nonfinite.pop("val", None)  # left over by an epoch that was interrupted
+
+    def on_test_epoch_start(self) -> None:
+        self._nonfinite.pop("test", None)
+
     def on_validation_epoch_end(self) -> None:
         self._finish_stage("val")
 
@@ -187,6 +222,7 @@ class SegmentationModule(pl.LightningModule):
         # values are already global: logged without sync_dist.
         scores = metric.compute()
         metric.reset()
+        self._check_finite(stage)
         logs = metric_logs(stage, scores, self.class_names)
         miou = logs.pop(f"{stage}/mIoU")
         with warnings.catch_warnings():  # Lightning's advice to sync epoch-level values does not apply here
@@ -204,6 +240,38 @@ class SegmentationModule(pl.LightningModule):
             print_class_table(
                 {k: v.cpu() for k, v in scores.items()}, self.class_names, title, console=rich.get_console()
             )
+
+    def _check_finite(self, stage: str) -> None:
+        """Raise FloatingPointError when a ``stage`` loss of the epoch was NaN/inf (on any DDP process):
+        scores of such weights are meaningless, and raising here (before the checkpoint callback's
+        ``on_validation_end``) keeps them from being saved as the best checkpoint.
+
+        One device sync per epoch (the ``.item()``), plus one collective under DDP so that every process
+        raises (a process that raised alone would leave the others waiting in the next collective).
+        """
+        state = self._nonfinite.pop(stage, None)
+        count = int(state["count"].item()) if state is not None else 0
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            anywhere = trainer.strategy.reduce_boolean_decision(count > 0, all=False)
+        else:
+            anywhere = count > 0
+        if not anywhere:
+            return
+        name = {"val": "validation", "test": "test"}[stage]
+        if trainer is not None and trainer.sanity_checking:
+            name += " (sanity check)"
+        epoch = self.current_epoch if trainer is not None and trainer.state.fn == "fit" else None
+        where = "" if epoch is None else f" at epoch {epoch}"
+        if count > 0:
+            value, batch = float(state["value"].item()), int(state["batch"].item())
+            what = f"{name} loss is {value}{where}, batch {batch} ({count} non-finite batches in this epoch)"
+        else:
+            what = f"{name} loss is not finite{where} on another DDP process"
+        raise FloatingPointError(
+            f"{what}; the weights give NaN/inf, so their scores would be meaningless: lower the learning "
+            "rate (optimizer.lr=), check the loss options and the data (NaN/inf in the images?)"
+        )
 
     # ---- optimisation and checkpoints -------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ key in its message: ``datamodule.root: ...`` instead of Hydra's wrapped ``Instan
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,9 @@ from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from runs.ranks import is_global_zero
+from seglosses.checks import check_number
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "build",
@@ -29,8 +35,12 @@ __all__ = [
     "build_loggers",
     "build_loss",
     "build_module",
+    "build_optimizer",
     "build_trainer",
     "check_config",
+    "check_data",
+    "check_loss_class_values",
+    "check_train_batches",
     "class_weights",
 ]
 
@@ -69,6 +79,75 @@ def check_config(cfg: DictConfig) -> None:
                 f"model.{key}={model_value} disagrees with datamodule.{key}={data_value}; leave model.{key} "
                 f"at its default ${{datamodule.{key}}} and set datamodule.{key} instead"
             )
+    optimizer = cfg.get("optimizer")
+    if optimizer is not None and optimizer.get("lr") is not None:  # torch says only "Invalid learning rate"
+        check_number(optimizer.lr, "optimizer.lr", minimum=0)
+
+
+def _length(value: Any) -> int | None:
+    """Number of values of a per-class sequence (list, ListConfig, tuple, 1-D tensor); None for a number,
+    None or a 0-D tensor."""
+    if isinstance(value, Tensor):
+        return int(value.numel()) if value.ndim > 0 else None
+    if (isinstance(value, Sequence) and not isinstance(value, str)) or OmegaConf.is_list(value):
+        return len(value)
+    return None
+
+
+def check_loss_class_values(cfg: DictConfig, loss: torch.nn.Module | None = None) -> None:
+    """Per-class loss values must have one value per class (``datamodule.num_classes``): ``loss.alpha``
+    and ``loss.class_weights`` in the config and, with ``loss``, the built terms' ``alpha`` (focal),
+    ``weight`` (cross-entropy) and ``class_weights`` (Dice), so that the error comes at start-up, naming
+    the key, and not from the first training step. Binary losses take a number (seglosses checks it)."""
+    num_classes, mode = cfg.datamodule.num_classes, cfg.datamodule.mode
+    if mode == "binary":
+        return
+    for key in ("alpha", "class_weights"):
+        value = cfg.loss.get(key)
+        n = _length(value)
+        if n is not None and n != num_classes:
+            raise ValueError(
+                f"loss.{key} has {n} values {list(value)}, expected a number or one value per class "
+                f"(datamodule.num_classes={num_classes}, {mode}): set loss.{key}= with {num_classes} values"
+            )
+    if loss is None:
+        return
+    for path, module in loss.named_modules():
+        for attr in ("alpha", "weight", "class_weights"):
+            n = _length(getattr(module, attr, None))
+            if n is not None and n != num_classes:
+                key = ".".join(["loss.module", *([path] if path else []), attr])
+                raise ValueError(
+                    f"{key} has {n} values, expected a number or one value per class "
+                    f"(datamodule.num_classes={num_classes}, {mode})"
+                )
+
+
+def check_train_batches(datamodule: SegDataModule, trainer: pl.Trainer) -> int:
+    """Training batches per epoch and process; ValueError, before fitting, when there are none.
+
+    Lightning would only warn ("No training batches"), train zero steps and report the metrics of the
+    untrained model. Under DDP each of the ``trainer.world_size`` processes gets ``ceil(N / world_size)``
+    samples (``DistributedSampler`` pads), batched by ``datamodule.batch_size``; ``drop_last`` drops the
+    incomplete batch.
+    """
+    num = len(datamodule.dataset("train"))
+    world = max(int(getattr(trainer, "world_size", 1) or 1), 1)
+    per_process = math.ceil(num / world)
+    batch_size, drop_last = datamodule.batch_size, bool(datamodule.drop_last)
+    batches = per_process // batch_size if drop_last else math.ceil(per_process / batch_size)
+    if batches > 0:
+        return batches
+    if num == 0:
+        raise ValueError("the training split is empty: 0 training batches; check datamodule.root/splits")
+    share = "" if world == 1 else f", {per_process} per process over {world} DDP processes"
+    fewer = "fewer processes (trainer.devices=, trainer.num_nodes=), " if world > 1 else ""
+    raise ValueError(
+        f"0 training batches per epoch: the training split has {num} samples{share}, fewer than "
+        f"datamodule.batch_size={batch_size}, and datamodule.drop_last=true drops the incomplete batch, so "
+        f"nothing would be trained; set datamodule.batch_size={max(per_process, 1)} (or smaller), "
+        f"datamodule.drop_last=false, {fewer}or add training samples"
+    )
 
 
 def class_weights(cfg: DictConfig, datamodule: SegDataModule, stats: LabelStatistics) -> Tensor | None:
@@ -95,7 +174,22 @@ def build_loss(cfg: DictConfig, weights: Tensor | None) -> torch.nn.Module:
                 "foreground weight with loss.alpha=A (0 <= A <= 1)"
             )
         cfg.loss.class_weights = [float(w) for w in weights]
-    return build(cfg.loss.module, "loss.module")
+    check_loss_class_values(cfg)
+    loss = build(cfg.loss.module, "loss.module")
+    check_loss_class_values(cfg, loss)
+    return loss
+
+
+def build_optimizer(cfg: DictConfig, network: torch.nn.Module) -> Any:
+    """The optimizer partial of ``cfg.optimizer``, tried once on ``network``'s parameters so that a bad
+    value (negative weight decay, betas outside [0, 1), ...) fails now, naming the group, and not when
+    Lightning calls ``configure_optimizers`` at the start of fitting."""
+    factory = build(cfg.optimizer, "optimizer")
+    try:
+        factory(params=network.parameters())
+    except ValueError as e:
+        raise ValueError(f"optimizer: {e} (check the optimizer.* values)") from None
+    return factory
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -122,10 +216,21 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
         "module",
         network=network,
         loss=loss,
-        optimizer=build(cfg.optimizer, "optimizer"),
+        optimizer=build_optimizer(cfg, network),
         scheduler=scheduler,
         class_names=list(datamodule.class_names),
     )
+
+
+def check_data(datamodule: SegDataModule) -> None:
+    """Before any training step: the pre-flight pass over every split (:meth:`SegDataModule.preflight`:
+    files decodable, modes, sizes, mask values; cached) and the check of the training-label statistics
+    (:meth:`SegDataModule.check_label_statistics`: declared classes present, ignored share). Each raises a
+    ValueError that lists what is wrong and the config key to change."""
+    report = datamodule.preflight()
+    if is_global_zero():
+        log.info(report.summary())
+    datamodule.check_label_statistics(datamodule.label_statistics())
 
 
 def build_lightning_module(cfg: DictConfig, datamodule: SegDataModule) -> pl.LightningModule:

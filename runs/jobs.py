@@ -2,8 +2,17 @@
 
 Hydra's basic launcher stops a sweep at the first exception. :func:`run_job` catches the exception of a
 multirun job, records it in the job directory and returns None to the sweeper, so the other jobs still run and
-the sweep summary (:mod:`runs.summary`) shows the failed job as a row with its error. A single run (no ``-m``)
-re-raises the exception after recording it: its clear message and a non-zero exit status stay.
+the sweep summary (:mod:`runs.summary`) shows the failed job as a row with its error; after summarising, the
+summary callback (:class:`runs.summary.SweepSummary`) ends the sweep with exit status 1 when a job failed.
+A single run (no ``-m``) re-raises the exception after recording it: its clear message and a non-zero exit
+status stay.
+
+Launchers: with the basic launcher and Optuna every job runs in the sweep process. With the submitit
+launchers (``hydra/launcher=local_parallel|slurm``) each job is a separate process (a SLURM array task) that
+returns normally after a failure, so SLURM accounts the task as COMPLETED; the failure is in the job's
+``job_status.json`` and the summary, and the process that submitted the sweep (which waits for all tasks)
+exits 1. A task killed by SLURM (time limit, out of memory) makes submitit raise in the submitting process:
+Hydra stops there with exit status 1 and no summary (``python -m runs.summary SWEEP_DIR`` writes it).
 
 ``job_status.json`` (written by global rank 0 only)::
 

@@ -1,7 +1,8 @@
 """Summary of a Hydra sweep: one row per job, as a rich table, ``summary.csv`` and ``summary.png``.
 
 Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so every ``python train.py -m ...`` ends with
-the summary of its sweep directory. The same summary of an existing sweep directory, outside Hydra::
+the summary of its sweep directory, and exits with status 1 when a job failed (:class:`SweepSummary`). The
+same summary of an existing sweep directory, outside Hydra::
 
     python -m runs.summary multirun/2024-05-01/12-00-00-000000
 
@@ -22,6 +23,7 @@ import logging
 import math
 import sys
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,7 +330,10 @@ def print_table(rows: list[dict[str, Any]], keys: list[str], rare: list[str], ti
 def write_summary(sweep_dir: str | Path, print_it: bool = True) -> Path:
     """Collect the sweep in ``sweep_dir`` (:func:`collect`), write ``summary.csv`` and ``summary.png`` into
     it, print the table (``print_it``). Returns the path of ``summary.csv``."""
-    root = Path(sweep_dir)
+    return _write_summary(Path(sweep_dir), print_it)[0]
+
+
+def _write_summary(root: Path, print_it: bool) -> tuple[Path, list[dict[str, Any]]]:
     rows, keys, rare = _collect(root)
     csv_path = root / CSV_NAME
     write_csv(rows, csv_path)
@@ -338,32 +343,71 @@ def write_summary(sweep_dir: str | Path, print_it: bool = True) -> Path:
     if print_it:
         print_table(rows, keys, rare, title)
     log.info("sweep summary written to %s and %s", csv_path, root / PLOT_NAME)
-    return csv_path
+    return csv_path, rows
+
+
+def _statuses(sweep_dir: Path) -> list[str]:
+    """Each job's status from its files alone (the fallback when the summary could not be written)."""
+    states = []
+    for job_dir in job_dirs(sweep_dir):
+        try:
+            status, metrics = _read_json(job_dir / STATUS_FILE), _read_json(job_dir / "metrics.json")
+        except ValueError:
+            states.append("unreadable")
+            continue
+        states.append(_status(status, metrics)[0])
+    return states
 
 
 # ---- Hydra callback ---------------------------------------------------------------------------------------
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, :func:`write_summary` of ``hydra.sweep.dir``.
+    """Hydra callback: at the end of a multirun, :func:`write_summary` of ``hydra.sweep.dir``; then, when a
+    job is not ok (failed, or killed/incomplete), a last line on stderr saying how many and where the
+    summary is, and ``SystemExit(1)``: the sweep process exits non-zero (shells, CI, an ``sbatch`` script
+    that runs the sweep). ``exit_on_failure=false`` (``hydra.callbacks.sweep_summary.exit_on_failure=false``)
+    keeps exit status 0.
+
+    The exit comes after every job ran and after the sweeper finished (Optuna has written
+    ``optimization_results.yaml``); Hydra calls ``on_multirun_end`` of its callbacks in reverse order, and
+    callbacks that would come after this one are skipped when it exits.
 
     Only in the process that ran the sweep: a DDP child process (``runs.ranks.is_ddp_child``) does
     nothing. An error while summarising is logged, not raised: the jobs' results are on disk and
-    ``python -m runs.summary SWEEP_DIR`` rebuilds the summary.
+    ``python -m runs.summary SWEEP_DIR`` rebuilds the summary (the exit status then follows the jobs'
+    ``job_status.json``).
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, exit_on_failure: bool = True) -> None:
         self.enabled = enabled
+        self.exit_on_failure = exit_on_failure
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or is_ddp_child():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
+        where = str(sweep_dir / CSV_NAME)
         try:
-            write_summary(sweep_dir)
+            _, rows = _write_summary(sweep_dir, print_it=True)
+            states = [str(r["status"]) for r in rows]
         except Exception:
             log.exception("could not summarise the sweep in %s (rebuild: python -m runs.summary %s)",
                           sweep_dir, sweep_dir)
+            where = f"not complete, rebuild it with python -m runs.summary {sweep_dir}"
+            try:
+                states = _statuses(sweep_dir)
+            except Exception:
+                log.exception("could not read the job statuses in %s", sweep_dir)
+                states = []
+        not_ok = [s for s in states if s != "ok"]
+        if not not_ok or not self.exit_on_failure:
+            return
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(not_ok).items()))
+        sys.stdout.flush()
+        print(f"sweep failed: {len(not_ok)} of {len(states)} jobs not ok ({counts}); summary: {where}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

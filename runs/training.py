@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from rich.console import Console
 from rich.table import Table
 
 from models import check_checkpoint, read_checkpoint
-from runs.build import build, build_lightning_module, build_trainer, check_config
+from runs.build import (
+    build,
+    build_lightning_module,
+    build_trainer,
+    check_config,
+    check_data,
+    check_train_batches,
+)
 from runs.ddp import ddp_job
 from runs.trained import load_trained_module
 
@@ -43,9 +51,21 @@ def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, A
     return None if result is None else {**result, "epoch": epoch}
 
 
+def _json_ready(value: Any) -> Any:
+    """``value`` with every NaN/inf float (a score of a split without scored pixels) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def write_metrics(path: Path, record: dict[str, Any]) -> None:
+    """``record`` as JSON; NaN/inf scores (a split whose pixels are all ignored) are written as null."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, allow_nan=False))
+    path.write_text(json.dumps(_json_ready(record), indent=2, allow_nan=False))
     log.info("metrics written to %s", path)
 
 
@@ -58,7 +78,7 @@ def print_summary(record: dict[str, Any]) -> None:
         result = record.get(split)
         if result:
             values = [result.get(k) for k in ("mIoU", "mDice", "pixel_acc")]
-            cells = ["nan" if v is None else f"{100 * v:.2f}" for v in values]
+            cells = ["nan" if v is None or not math.isfinite(v) else f"{100 * v:.2f}" for v in values]
             table.add_row(split, str(result.get("epoch", "")), *cells)
     Console().print(table)
 
@@ -83,27 +103,42 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def _keep_log_history(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Resume: loggers that can (:class:`models.loggers.ResumableCSVLogger`) keep the rows the run logged up
+    to the checkpoint's epoch instead of starting their files afresh."""
+    for logger in trainer.loggers:
+        keep = getattr(logger, "keep_history", None)
+        if callable(keep) and checkpoint.get("epoch") is not None:
+            keep(int(checkpoint["epoch"]))
+
+
 def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     """``train=true``: train (resume from ``cfg.ckpt_path`` when set), validate the best checkpoint and, with
     ``cfg.test``, test it. Returns the record written to ``metrics.json``."""
     datamodule = build(cfg.datamodule, "datamodule")
+    check_data(datamodule)  # every split and the label statistics, before anything is trained
     module = build_lightning_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
 
     if cfg.ckpt_path is not None:  # resume: check first, Lightning's own load fails deep inside torch
-        check_checkpoint(module, read_checkpoint(cfg.ckpt_path), cfg.ckpt_path)
+        resumed = read_checkpoint(cfg.ckpt_path)
+        check_checkpoint(module, resumed, cfg.ckpt_path)
+        _keep_log_history(trainer, resumed)
+    check_train_batches(datamodule, trainer)  # Lightning would train 0 steps and only warn
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
     ckpt_cb = checkpoint_callback(trainer)
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    # Read before validate/test: loading `best` restores the callback state saved with it (an older one).
+    last = (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None
     # Score the checkpoint that is kept as the result: the table printed here is the best epoch's.
     trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     best_epoch = module.loaded_checkpoint_epoch if best else None  # set when validate loaded `best`
     record.update(
         checkpoint=best,
         best_epoch=best_epoch,
-        last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+        last_checkpoint=last,
     )
     score = trainer.callback_metrics.get(cfg.optimized_metric)
     record["best_score"] = None if score is None else float(score)
@@ -121,9 +156,11 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig) -> float | None:
     """Everything ``python train.py`` does with the composed ``cfg``: :func:`fit_and_test` or, with
     ``train=false``, :func:`evaluate`. Returns ``cfg.optimized_metric`` of the best checkpoint (the value a
-    sweeper optimises), or None when it was not computed (always None for ``train=false``)."""
+    sweeper optimises), or None when it was not computed or is NaN (always None for ``train=false``;
+    Optuna counts None as a failed trial, a NaN would end the search)."""
     check_config(cfg)
     if not cfg.train:
         evaluate(cfg)
         return None
-    return fit_and_test(cfg)["best_score"]
+    score = fit_and_test(cfg)["best_score"]
+    return score if score is None or math.isfinite(score) else None

@@ -27,19 +27,12 @@ from runs.training import run
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
+from tests.overrides import SYNTHETIC_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-
-
-SYNTHETIC_TINY = [
-    "datamodule.image_size=[32,32]",
-    "datamodule.num_train=8",
-    "datamodule.num_val=4",
-    "datamodule.num_test=4",
-]
 
 
 def tiny(tmp_path: Path, *extra: str) -> list[str]:

@@ -166,3 +166,20 @@ def test_colour_rgb_mask_keeps_the_plain_error(tmp_path):
     with pytest.raises(ValueError, match="not colour-coded") as e:
         read_mask(p)
     assert "channels are equal" not in str(e.value)
+
+
+def test_image_size_of_a_png_reads_only_the_header(tmp_path, monkeypatch):
+    # PIL's getexif() decodes a whole PNG that has no EXIF in its header: the label-statistics and
+    # pre-flight passes call image_size() on every image, so that would decode every image once more.
+    from PIL import PngImagePlugin
+
+    from datamodules.io import image_size
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((5, 7, 3), dtype=np.uint8)).save(path)
+
+    def no_decode(self):
+        raise AssertionError("image_size decoded the pixels")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decode)
+    assert image_size(path) == (7, 5)

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from runs import jobs, summary
+from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -28,20 +29,11 @@ TINY = [
     "trainer.limit_train_batches=1",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
-    "model.encoder_depth=3",
-    "model.arch.decoder_channels=[32,16,8]",
-    "datamodule.image_size=[32,32]",
-    "datamodule.num_train=8",
-    "datamodule.num_val=4",
-    "datamodule.num_test=4",
+    *SMALL_UNET,
+    *SYNTHETIC_TINY,
     "datamodule.batch_size=4",
-    "datamodule.progress=false",
     "~logger",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null",
-    "callbacks.prediction_grid=null",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+    *QUIET,
 ]
 
 
@@ -109,9 +101,12 @@ def test_gamma_sweep_gives_two_job_dirs_and_a_summary(tmp_path):
 
 @pytest.mark.slow
 def test_failing_job_is_a_failed_row_and_the_others_still_run(tmp_path):
-    # gamma=-1 is refused by the focal loss: the first job fails, the sweep goes on with the second.
+    # gamma=-1 is refused by the focal loss: the first job fails, the sweep goes on with the second, and
+    # after the summary the sweep exits 1 (shells, CI and SLURM see the failure).
     proc, sweep_dir = sweep(tmp_path, "loss.gamma=-1,1")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"sweep failed: 1 of 2 jobs not ok (1 failed); summary: {sweep_dir / 'summary.csv'}")
     failed, ok = summary.collect(sweep_dir)
     assert failed["status"] == "failed" and failed["loss.gamma"] == "-1"
     assert failed["error"].startswith("ValueError:") and "gamma" in failed["error"]
@@ -144,7 +139,9 @@ def test_optuna_preset_runs_two_trials_and_survives_a_failed_one(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "hparams_search=focal_optuna", "hydra.sweeper.n_trials=2",
                             'hydra.sweeper.params={loss.gamma:"choice(-1.0, 1.0)"}',
                             multirun=False)  # the preset switches to multirun itself
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # every trial ran; the failed one makes the search exit 1 at the end
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sweep failed: 1 of 2 jobs not ok (1 failed)" in proc.stderr.strip().splitlines()[-1]
     rows = summary.collect(sweep_dir)
     assert len(rows) == 2
     assert [r["status"] for r in rows] == ["failed" if float(r["loss.gamma"]) < 0 else "ok" for r in rows]
@@ -162,7 +159,10 @@ def test_optuna_preset_runs_two_trials_and_survives_a_failed_one(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "loss.gamma=-1,2", threads=1)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the failed job's process ends normally (its failure is in job_status.json); the submitting process,
+    # which summarises, exits 1
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sweep failed: 1 of 2 jobs not ok (1 failed)" in proc.stderr.strip().splitlines()[-1]
     assert list((sweep_dir / ".submitit").iterdir())  # submitit's per-job folders: separate processes
     rows = read_csv(sweep_dir / "summary.csv")
     assert [(r["job"], r["status"], r["loss.gamma"]) for r in rows] == [("0", "failed", "-1"),

@@ -1,0 +1,91 @@
+"""A CSV logger that keeps the earlier epochs' rows of ``metrics.csv`` when a run is resumed."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_warn
+
+__all__ = ["ResumableCSVLogger"]
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer, which deletes an existing ``metrics.csv`` when it is created. This one decides
+    at its first save instead: when its logger was told to keep the history (``keep_until_epoch`` set), the
+    file's rows of the epochs up to ``keep_until_epoch`` (and its columns) stay and the new rows are
+    appended; else the file is deleted, as Lightning does."""
+
+    def __init__(self, log_dir: str, logger: ResumableCSVLogger) -> None:
+        self._logger = logger
+        self.settled = False
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Deferred to the first :meth:`save` (Lightning creates the writer before a resume is known)."""
+
+    def save(self) -> None:
+        if self.metrics and not self.settled:
+            self._settle()
+        super().save()
+
+    def _settle(self) -> None:
+        self.settled = True
+        until = self._logger.keep_until_epoch
+        if until is None:
+            if self._fs.isfile(self.metrics_file_path):
+                rank_zero_warn(
+                    f"{self.metrics_file_path} of an earlier run is replaced (a run resumed with ckpt_path= "
+                    "keeps its rows)"
+                )
+                self._fs.rm_file(self.metrics_file_path)
+            return
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            keys = list(reader.fieldnames or [])
+            rows = [row for row in reader if _row_epoch(row) is None or _row_epoch(row) <= until]
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = keys  # new columns are added to these (the file is rewritten then)
+
+
+def _row_epoch(row: dict[str, Any]) -> float | None:
+    try:
+        return float(row.get("epoch") or "")
+    except ValueError:
+        return None
+
+
+class ResumableCSVLogger(CSVLogger):
+    """:class:`~pytorch_lightning.loggers.CSVLogger` (same arguments) whose ``metrics.csv`` survives a
+    resume: after :meth:`keep_history` the rows the earlier run logged up to the resumed checkpoint's epoch
+    are kept and the resumed run's rows appended (rows of later epochs, logged by the earlier run after that
+    checkpoint, are dropped: the resumed run logs them again). Without it the file starts afresh, as
+    Lightning's does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_until_epoch: int | None = None
+
+    def keep_history(self, until_epoch: int) -> None:
+        """Keep the existing rows of the epochs ``<= until_epoch`` (the ``epoch`` of the checkpoint the run
+        resumes from). Call before the first metrics are saved."""
+        if isinstance(self._experiment, _HistoryWriter) and self._experiment.settled:
+            raise RuntimeError("keep_history() must be called before the logger saves its first metrics")
+        self.keep_until_epoch = int(until_epoch)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _HistoryWriter(log_dir=self.log_dir, logger=self)
+        return self._experiment
