@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_co
 from seglosses.checks import check_bool, check_int, check_number
 from seglosses.distributed import distributed_world
 
+from .cache import default_cache_dir
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
 from .preflight import PreflightReport, SplitPlan, run_preflight
@@ -25,7 +26,6 @@ from .statistics import (
     LabelStatistics,
     cached_statistics,
     check_label_statistics,
-    default_cache_dir,
 )
 
 

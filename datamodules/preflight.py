@@ -9,7 +9,7 @@ configured are reported too. All problems are collected and raised together in o
 :class:`PreflightError` (a ValueError), grouped by kind, with counts and a few examples each.
 
 Caching: a split that passes is recorded under a name derived from its file list (paths, modification
-times, sizes) and label encoding (see :func:`cached_json`, the generic form of the label statistics cache),
+times, sizes) and label encoding (:mod:`datamodules.cache`, shared with the label statistics),
 so the next run only lists and ``stat()``s the files. Splits with problems are not cached.
 
 Parallelism: ``num_workers`` DataLoader worker processes, like the label statistics pass (0: in this
@@ -21,10 +21,8 @@ GIL, and processes scale with the cores.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,10 +33,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from seglosses.checks import check_bool, check_choice, check_int
 
+from .cache import read_cached, write_cached
 from .io import read_image, read_mask
 from .labels import LabelSpec
 from .pairing import SamplePair
-from .statistics import _write_atomic, cache_key_digest
 
 PREFLIGHT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -225,54 +223,6 @@ def file_identity(paths: Iterable[Path]) -> list[list[Any]] | None:
     except OSError:
         return None
     return out
-
-
-# -- generic on-disk cache (the label statistics cache, generalised) ------------------------------------
-def cache_file(cache_dir: str | Path, prefix: str, key: Mapping[str, Any]) -> Path:
-    """``<cache_dir>/<prefix>-<digest>.json`` for a JSON-serialisable ``key``."""
-    return Path(cache_dir).expanduser() / f"{prefix}-{cache_key_digest(key)[:24]}.json"
-
-
-def read_cached(cache_dir: str | Path, prefix: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The payload stored for ``key``, or None (no entry, or an unreadable one: warned and ignored)."""
-    path = cache_file(cache_dir, prefix, key)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        if data.get("digest") == cache_key_digest(key):
-            return dict(data["payload"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        warnings.warn(f"ignoring unreadable cache file {path}: {e}", stacklevel=2)
-    return None
-
-
-def write_cached(
-    cache_dir: str | Path, prefix: str, key: Mapping[str, Any], payload: Mapping[str, Any]
-) -> None:
-    """Store ``payload`` for ``key`` atomically (temporary file + ``os.replace``)."""
-    data = {"digest": cache_key_digest(key), "payload": dict(payload)}
-    _write_atomic(cache_file(cache_dir, prefix, key), data)
-
-
-def cached_json(
-    cache_dir: str | Path | None,
-    prefix: str,
-    key: Mapping[str, Any],
-    compute: Callable[[], dict[str, Any]],
-    *,
-    store: Callable[[dict[str, Any]], bool] = lambda _: True,
-) -> tuple[dict[str, Any], bool]:
-    """``(payload, from_cache)``: the stored payload for ``key``, or ``compute()`` stored when ``store``
-    accepts it. ``cache_dir=None`` always computes."""
-    if cache_dir is not None:
-        hit = read_cached(cache_dir, prefix, key)
-        if hit is not None:
-            return hit, True
-    payload = compute()
-    if cache_dir is not None and store(payload):
-        write_cached(cache_dir, prefix, key, payload)
-    return payload, False
 
 
 # -- the pass ---------------------------------------------------------------------------------------------

@@ -9,11 +9,6 @@ with ``os.replace``, so a reader sees either no file or a complete one.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from seglosses.checks import check_bool, check_number
 
+from .cache import cache_file, read_cached, write_cached
 from .labels import LabelSpec
 
-CACHE_VERSION = 1
+CACHE_PREFIX = "label_stats"
 CountFn = Callable[[Any], tuple[np.ndarray, int, int]]
 
 
@@ -158,60 +154,24 @@ def count_labels(
     )
 
 
-def cache_key_digest(key: Mapping[str, Any]) -> str:
-    """SHA-256 hex digest of a JSON-serialisable cache key (stable across processes and runs)."""
-    blob = json.dumps({"version": CACHE_VERSION, "key": key}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def cache_path(cache_dir: str | Path, key: Mapping[str, Any]) -> Path:
-    """The cache file for ``key`` in ``cache_dir``."""
-    return Path(cache_dir).expanduser() / f"label_stats-{cache_key_digest(key)[:24]}.json"
+    """The cache file of the label statistics for ``key`` in ``cache_dir``."""
+    return cache_file(cache_dir, CACHE_PREFIX, key)
 
 
 def cached_statistics(
     key: Mapping[str, Any], compute: Callable[[], LabelStatistics], cache_dir: str | Path | None
 ) -> LabelStatistics:
-    """Load the statistics for ``key`` from ``cache_dir``, or compute and store them atomically.
-
-    ``cache_dir=None`` computes without caching. A changed key (another file, another modification
-    time) gives another file name, so stale entries are never read.
-    """
-    if cache_dir is None:
-        return compute()
-    path = cache_path(cache_dir, key)
-    digest = cache_key_digest(key)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("digest") == digest:
-                return LabelStatistics.from_dict(data["statistics"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            warnings.warn(f"ignoring unreadable label statistics cache {path}: {e}", stacklevel=2)
+    """Load the statistics for ``key`` from ``cache_dir`` (:mod:`datamodules.cache`), or compute and store
+    them. ``cache_dir=None`` computes without caching."""
+    if cache_dir is not None:
+        hit = read_cached(cache_dir, CACHE_PREFIX, key)
+        if hit is not None:
+            return LabelStatistics.from_dict(hit)
     stats = compute()
-    _write_atomic(path, {"digest": digest, "statistics": stats.to_dict()})
+    if cache_dir is not None:
+        write_cached(cache_dir, CACHE_PREFIX, key, stats.to_dict())
     return stats
-
-
-def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_cache_dir() -> Path:
-    """``$IMBALANCED_SEG_CACHE``, else ``$XDG_CACHE_HOME/imbalanced_seg``, else ``~/.cache/...``."""
-    env = os.environ.get("IMBALANCED_SEG_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "imbalanced_seg"
 
 
 #: Default of ``datamodule.max_ignored_share``: the largest tolerated share of ignored training pixels.

@@ -24,7 +24,9 @@ from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from runs.ranks import is_global_zero
+from seglosses import CombinedLoss
 from seglosses.checks import check_number
+from seglosses.modes import BINARY_MODE, MULTICLASS_MODE
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ __all__ = [
     "check_loss_class_values",
     "check_train_batches",
     "class_weights",
+    "probe_loss",
 ]
 
 
@@ -94,13 +97,12 @@ def _length(value: Any) -> int | None:
     return None
 
 
-def check_loss_class_values(cfg: DictConfig, loss: torch.nn.Module | None = None) -> None:
-    """Per-class loss values must have one value per class (``datamodule.num_classes``): ``loss.alpha``
-    and ``loss.class_weights`` in the config and, with ``loss``, the built terms' ``alpha`` (focal),
-    ``weight`` (cross-entropy) and ``class_weights`` (Dice), so that the error comes at start-up, naming
-    the key, and not from the first training step. Binary losses take a number (seglosses checks it)."""
+def check_loss_class_values(cfg: DictConfig) -> None:
+    """``loss.alpha`` and ``loss.class_weights`` must be a number or have one value per class
+    (``datamodule.num_classes``), so that the error names the key the user typed. Binary losses take a
+    number (seglosses checks it)."""
     num_classes, mode = cfg.datamodule.num_classes, cfg.datamodule.mode
-    if mode == "binary":
+    if mode == BINARY_MODE:
         return
     for key in ("alpha", "class_weights"):
         value = cfg.loss.get(key)
@@ -110,17 +112,23 @@ def check_loss_class_values(cfg: DictConfig, loss: torch.nn.Module | None = None
                 f"loss.{key} has {n} values {list(value)}, expected a number or one value per class "
                 f"(datamodule.num_classes={num_classes}, {mode}): set loss.{key}= with {num_classes} values"
             )
-    if loss is None:
-        return
-    for path, module in loss.named_modules():
-        for attr in ("alpha", "weight", "class_weights"):
-            n = _length(getattr(module, attr, None))
-            if n is not None and n != num_classes:
-                key = ".".join(["loss.module", *([path] if path else []), attr])
-                raise ValueError(
-                    f"{key} has {n} values, expected a number or one value per class "
-                    f"(datamodule.num_classes={num_classes}, {mode})"
-                )
+
+
+def probe_loss(cfg: DictConfig, loss: torch.nn.Module) -> None:
+    """Call every term of ``loss`` once on a (1, num_classes, 1, 1) input, so that the checks seglosses
+    makes on the first batch (per-class values of the wrong length, ...) fail at start-up, naming the term
+    (``loss.module.losses.focal: alpha must ...``)."""
+    mode, num_classes = cfg.datamodule.mode, cfg.datamodule.num_classes
+    x = torch.zeros(1, num_classes, 1, 1)
+    target = torch.zeros(1, 1, 1, dtype=torch.long) if mode == MULTICLASS_MODE else torch.zeros_like(x)
+    terms = dict(loss.losses.items()) if isinstance(loss, CombinedLoss) else {None: loss}
+    for name, term in terms.items():
+        try:
+            with torch.no_grad():
+                term(x, target)
+        except ValueError as e:
+            key = "loss.module" if name is None else f"loss.module.losses.{name}"
+            raise ValueError(f"{key}: {e}") from None
 
 
 def check_train_batches(datamodule: SegDataModule, trainer: pl.Trainer) -> int:
@@ -176,7 +184,7 @@ def build_loss(cfg: DictConfig, weights: Tensor | None) -> torch.nn.Module:
         cfg.loss.class_weights = [float(w) for w in weights]
     check_loss_class_values(cfg)
     loss = build(cfg.loss.module, "loss.module")
-    check_loss_class_values(cfg, loss)
+    probe_loss(cfg, loss)
     return loss
 
 

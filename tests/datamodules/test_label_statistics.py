@@ -79,7 +79,7 @@ def test_corrupt_cache_is_recomputed(make_folder_dataset, tmp_path):
     dm = _dm(root)
     path = cache_path(tmp_path, dm.statistics_key())
     path.write_text("{not json")
-    with pytest.warns(UserWarning, match="unreadable label statistics cache"):
+    with pytest.warns(UserWarning, match="ignoring unreadable cache file"):
         stats = dm.label_statistics(cache_dir=tmp_path)
     assert stats.pixel_counts.sum() + stats.ignored_pixels == 50
     assert '"digest"' in path.read_text()

@@ -15,7 +15,7 @@ import datamodules.preflight as preflight
 from datamodules import FolderDataModule, PreflightError, SyntheticDataModule
 from datamodules.labels import LabelSpec
 from datamodules.pairing import find_pairs
-from datamodules.preflight import PairChecker, SplitPlan, cached_json, run_preflight
+from datamodules.preflight import PairChecker, SplitPlan, run_preflight
 from tests.datamodules.helpers import CAMVID, compose_config, write_pair
 
 
@@ -216,21 +216,6 @@ def test_pair_checker_reports_image_and_mask_separately(data):
     Image.fromarray(np.full((20, 24), 8, np.uint8)).save(pair.mask)
     found = PairChecker(LabelSpec("multiclass", 3, 255), 3)(pair)
     assert [p.kind for p in found] == ["unreadable file", "invalid mask values"]
-
-
-def test_cached_json(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"n": 3}
-
-    key = {"a": [1, 2]}
-    assert cached_json(tmp_path, "demo", key, compute) == ({"n": 3}, False)
-    assert cached_json(tmp_path, "demo", key, compute) == ({"n": 3}, True)
-    assert cached_json(tmp_path, "demo", {"a": [1]}, compute, store=lambda p: False) == ({"n": 3}, False)
-    assert cached_json(None, "demo", key, compute) == ({"n": 3}, False)
-    assert len(calls) == 3
 
 
 def test_plan_without_key_is_never_cached(tmp_path):

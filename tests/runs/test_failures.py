@@ -163,12 +163,16 @@ def test_alpha_of_the_wrong_length_names_the_key_when_the_loss_is_built(tmp_path
 
 def test_per_term_alpha_and_weight_of_the_wrong_length(tmp_path):
     cfg = make_cfg(tmp_path, "loss=focal_dice", "loss.module.losses.focal.alpha=[1.0,2.0]")
-    with pytest.raises(ValueError, match=r"loss\.module\.losses\.focal\.alpha has 2 values"):
+    with pytest.raises(ValueError, match=r"loss\.module\.losses\.focal: alpha must be a number or have one "
+                       r"value per class \(5\), got shape \(2,\)"):
         build_loss(cfg, None)
     cfg = make_cfg(tmp_path, "loss=ce", "loss.class_weights=[1.0,2.0]")
     with pytest.raises(ValueError, match=r"loss\.class_weights has 2 values"):
         build_loss(cfg, None)
     assert build_loss(make_cfg(tmp_path, "loss=focal", "loss.alpha=[1,1,1,2,2]"), None).alpha.numel() == 5
+    cfg = make_cfg(tmp_path, "loss=ce", "loss.module.weight=[1.0,2.0,3.0]")  # a single-term loss
+    with pytest.raises(ValueError, match=r"^loss\.module: weight must be a number or have one value per"):
+        build_loss(cfg, None)
 
 
 def test_negative_learning_rate_names_the_key(tmp_path):
