@@ -1,12 +1,14 @@
-"""Speed and peak memory of our focal / Dice / focal+Dice against smp, MONAI and ``F.cross_entropy``.
+"""Speed and peak memory of our losses against smp, MONAI and ``F.cross_entropy``.
 
 Usage::
 
     python benchmarks/bench_losses.py [--sizes 4,12,256,256 8,12,512,512] [--repeats 7] [--budget 1.5]
-                                      [--threads 2] [--device cpu|cuda]
+                                      [--threads 2] [--device cpu|cuda] [--groups lovasz tversky ...]
 
 Every case is multiclass with index targets (N, H, W), logits (N, C, H, W) in float32, gamma = 2, mean
-reduction, and is timed as ``loss = fn(logits, target); loss.backward()`` in one process.
+reduction, and is timed as ``loss = fn(logits, target); loss.backward()`` in one process. ``--groups``
+runs a subset of the groups (focal, dice, focal+dice, tversky, focal tversky, lovasz, generalized dice,
+ohem ce, topk ce); ``F.cross_entropy`` always runs.
 
 Time: median (and minimum) wall time of forward+backward over ``--repeats`` rounds, after the
 memory-measuring pass of every case (which doubles as the warm-up). Each round runs every case once
@@ -31,6 +33,13 @@ The column "x input" is the peak divided by the size of the logits in bytes.
 Peers: ``segmentation_models_pytorch.losses`` FocalLoss and DiceLoss (mode="multiclass"), their sum;
 ``monai.losses`` FocalLoss(use_softmax=True, to_onehot_y=True), DiceLoss(softmax=True,
 to_onehot_y=True) and DiceFocalLoss(softmax=True, to_onehot_y=True) (targets (N, 1, H, W)).
+Tversky (alpha = beta = 0.5; focal Tversky alpha 0.3, beta 0.7, gamma 0.75): smp TverskyLoss, MONAI
+TverskyLoss(softmax=True, to_onehot_y=True, batch=True) (no focal exponent in MONAI). Lovász: smp LovaszLoss;
+floor "F.cross_entropy + one sort" is the cross-entropy plus ``torch.sort`` of a (C, N*H*W) tensor, the sort
+that one pass of the Lovász-softmax needs. Generalized Dice: MONAI GeneralizedDiceLoss(softmax=True,
+to_onehot_y=True, batch=True). OHEM and top-k (no peer installed: mmsegmentation, nnU-Net) against plain
+torch formulations of what those projects do: per-pixel ``F.cross_entropy`` with a full sort of the pixels
+(mmsegmentation's OHEM pixel sampler sorts) and with ``torch.topk`` (nnU-Net's TopKLoss).
 """
 
 from __future__ import annotations
@@ -53,13 +62,20 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 TARGET_VS_MONAI = 1.5
 TARGET_VS_SMP = 3.0
 STRETCH_VS_CE = 2.0
+# The losses of issue 12: at least this much faster than the faster peer, with no more peak memory.
+TARGET_VS_FASTER_PEER = 2.0
+# Lovász: within this factor of "F.cross_entropy + one sort".
+TARGET_LOVASZ_VS_FLOOR = 3.0
+NEW_GROUPS = ("tversky", "focal tversky", "lovasz", "generalized dice", "ohem ce", "topk ce")
+GROUPS = ("focal", "dice", "focal+dice", *NEW_GROUPS)
+FOCAL_TVERSKY = {"alpha": 0.3, "beta": 0.7, "gamma": 0.75}  # Abraham & Khan
 
 
 @dataclass
 class Result:
     name: str
-    group: str  # "focal", "dice", "focal+dice" or "floor"
-    owner: str  # "ours", "ours-unfused", "smp", "monai" or "torch"
+    group: str  # one of GROUPS, or "floor" (F.cross_entropy)
+    owner: str  # "ours", "ours-unfused", "smp", "monai" or "torch" (a floor or a plain torch baseline)
     ms: float | None = None
     min_ms: float | None = None
     repeats: int = 0
@@ -123,6 +139,73 @@ def build_cases(num_classes: int) -> list[tuple[str, str, str, Callable[[], Loss
 
         return monai(DiceFocalLoss(softmax=True, to_onehot_y=True, gamma=2.0))
 
+    def ours_tversky(**kwargs: float) -> LossFn:
+        from seglosses.tversky import TverskyLoss
+
+        return TverskyLoss(mode="multiclass", **kwargs)
+
+    def smp_tversky(**kwargs: float) -> LossFn:
+        from segmentation_models_pytorch.losses import TverskyLoss
+
+        return TverskyLoss(mode="multiclass", **kwargs)
+
+    def monai_tversky() -> LossFn:
+        from monai.losses import TverskyLoss
+
+        return monai(TverskyLoss(softmax=True, to_onehot_y=True, batch=True))
+
+    def ours_lovasz() -> LossFn:
+        from seglosses.lovasz import LovaszLoss
+
+        return LovaszLoss(mode="multiclass")
+
+    def smp_lovasz() -> LossFn:
+        from segmentation_models_pytorch.losses import LovaszLoss
+
+        return LovaszLoss(mode="multiclass")
+
+    def ce_and_sort() -> LossFn:
+        def fn(x: Tensor, y: Tensor) -> Tensor:
+            torch.sort(x.detach().transpose(0, 1).reshape(x.shape[1], -1), dim=1, descending=True)
+            return F.cross_entropy(x, y)
+
+        return fn
+
+    def ours_gdl() -> LossFn:
+        from seglosses.generalized_dice import GeneralizedDiceLoss
+
+        return GeneralizedDiceLoss(mode="multiclass")
+
+    def monai_gdl() -> LossFn:
+        from monai.losses import GeneralizedDiceLoss
+
+        return monai(GeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True))
+
+    def ours_ohem() -> LossFn:
+        from seglosses.mining import OhemCrossEntropyLoss
+
+        return OhemCrossEntropyLoss(mode="multiclass", thresh=0.7, min_kept=100000)
+
+    def sorted_ohem(x: Tensor, y: Tensor, thresh: float = 0.7, min_kept: int = 100000) -> Tensor:
+        """OHEM as a full sort of the ground-truth probabilities (mmsegmentation's sampler)."""
+        ce = F.cross_entropy(x, y, reduction="none").flatten()
+        with torch.no_grad():
+            prob = torch.exp(-ce)
+            ordered = prob.sort().values
+            cut = max(float(ordered[min(min_kept * x.shape[0], ordered.numel() - 1)]), thresh)
+            kept = (prob < cut).to(ce.dtype)
+        return (ce * kept).sum() / kept.sum().clamp_min(1)
+
+    def ours_topk() -> LossFn:
+        from seglosses.mining import TopKCrossEntropyLoss
+
+        return TopKCrossEntropyLoss(mode="multiclass", k=0.1)
+
+    def torch_topk(x: Tensor, y: Tensor, k: float = 0.1) -> Tensor:
+        """Top-k with torch.topk (nnU-Net's TopKLoss)."""
+        ce = F.cross_entropy(x, y, reduction="none").flatten()
+        return ce.topk(max(1, int(ce.numel() * k)), sorted=False).values.mean()
+
     return [
         ("F.cross_entropy", "floor", "torch", ce),
         ("ours focal", "focal", "ours", ours_focal),
@@ -135,6 +218,20 @@ def build_cases(num_classes: int) -> list[tuple[str, str, str, Callable[[], Loss
         ("ours focal+dice unfused", "focal+dice", "ours-unfused", lambda: ours_focal_dice(fused=False)),
         ("smp focal+dice", "focal+dice", "smp", smp_focal_dice),
         ("monai DiceFocal", "focal+dice", "monai", monai_dice_focal),
+        ("ours tversky", "tversky", "ours", ours_tversky),
+        ("smp tversky", "tversky", "smp", smp_tversky),
+        ("monai tversky", "tversky", "monai", monai_tversky),
+        ("ours focal tversky", "focal tversky", "ours", lambda: ours_tversky(**FOCAL_TVERSKY)),
+        ("smp focal tversky", "focal tversky", "smp", lambda: smp_tversky(**FOCAL_TVERSKY)),
+        ("F.cross_entropy + one sort", "lovasz", "torch", ce_and_sort),
+        ("ours lovasz", "lovasz", "ours", ours_lovasz),
+        ("smp lovasz", "lovasz", "smp", smp_lovasz),
+        ("ours generalized dice", "generalized dice", "ours", ours_gdl),
+        ("monai generalized dice", "generalized dice", "monai", monai_gdl),
+        ("ours ohem ce", "ohem ce", "ours", ours_ohem),
+        ("torch CE + full sort (as mmseg)", "ohem ce", "torch", lambda: sorted_ohem),
+        ("ours topk ce", "topk ce", "ours", ours_topk),
+        ("torch CE + topk (as nnU-Net)", "topk ce", "torch", lambda: torch_topk),
     ]
 
 
@@ -206,6 +303,8 @@ def run_size(size: tuple[int, ...], args: argparse.Namespace, device: torch.devi
     results: dict[str, Result] = {}
     fns: dict[str, LossFn] = {}
     for name, group, owner, factory in build_cases(c):
+        if group != "floor" and group not in args.groups:
+            continue
         r = results[name] = Result(name, group, owner)
         try:
             fn = factory()
@@ -254,9 +353,9 @@ def table(size: tuple[int, ...], results: list[Result]) -> str:
         "|---|---:|---:|",
     ]
     by = {(r.group, r.owner): r for r in results if not r.error}
-    for group in ("focal", "dice", "focal+dice"):
+    for group in GROUPS:
         ours = by.get((group, "ours"))
-        for owner in ("ours-unfused", "smp", "monai"):
+        for owner in ("ours-unfused", "torch", "smp", "monai"):
             peer = by.get((group, owner))
             if ours is None or peer is None:
                 continue
@@ -288,7 +387,36 @@ def table(size: tuple[int, ...], results: list[Result]) -> str:
                 f"- stretch: within {STRETCH_VS_CE}x of F.cross_entropy: {'met' if within else 'missed'} "
                 f"({ours.ms / ce.ms:.2f}x)"
             )
+    lines += _new_loss_targets(by)
     return "\n".join(lines)
+
+
+def _new_loss_targets(by: dict[tuple[str, str], Result]) -> list[str]:
+    """The verdicts of the losses of issue 12: >= TARGET_VS_FASTER_PEER x faster than the faster peer with no
+    more peak memory; the Lovász loss within TARGET_LOVASZ_VS_FLOOR x of "F.cross_entropy + one sort"."""
+    lines: list[str] = []
+    for group in NEW_GROUPS:
+        ours = by.get((group, "ours"))
+        peers = [by[(group, owner)] for owner in ("smp", "monai") if (group, owner) in by]
+        if ours is None or not peers:
+            continue
+        peer = min(peers, key=lambda r: r.ms)
+        fast = peer.ms / ours.ms >= TARGET_VS_FASTER_PEER
+        lean = None if None in (peer.peak_bytes, ours.peak_bytes) else ours.peak_bytes <= peer.peak_bytes
+        verdict = "met" if fast and lean is not False else "MISSED"
+        lines.append(
+            f"- target: {ours.name} >= {TARGET_VS_FASTER_PEER}x faster than the faster peer ({peer.name}) "
+            f"with no more peak memory: {verdict} ({peer.ms / ours.ms:.2f}x, memory "
+            f"{_ratio(peer.peak_bytes, ours.peak_bytes)})"
+        )
+    ours, floor = by.get(("lovasz", "ours")), by.get(("lovasz", "torch"))
+    if ours is not None and floor is not None:
+        within = ours.ms <= TARGET_LOVASZ_VS_FLOOR * floor.ms
+        lines.append(
+            f"- target: ours lovasz within {TARGET_LOVASZ_VS_FLOOR}x of {floor.name}: "
+            f"{'met' if within else 'MISSED'} ({ours.ms / floor.ms:.2f}x)"
+        )
+    return ["", *lines] if lines else []
 
 
 def parse_size(text: str) -> tuple[int, ...]:
@@ -310,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds per case after which timing stops at >= 3 rounds (default 1.5)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS, metavar="GROUP",
+                   help=f"groups to run (default all: {', '.join(GROUPS)})")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")

@@ -7,6 +7,7 @@ error messages and the float32 upcast of half-precision inputs are defined once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,34 @@ def as_class_vector(name: str, value: ClassValues, num_classes: int, like: Tenso
     if not torch.isfinite(t).all() or (t < 0).any():
         raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
     return t
+
+
+def check_class_values(name: str, value: ClassValues, mode: str) -> None:
+    """Checks that need no class count: a number or 1-D values, finite, >= 0; <= 1 for sigmoid alpha."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, Sequence, Tensor)):
+        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}")
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}") from e
+    if t.ndim > 1:
+        raise ValueError(
+            f"{name} must be a number or a 1-D sequence of per-class values, got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
+    if name == "alpha" and mode != MULTICLASS_MODE:
+        if (t > 1).any():
+            raise ValueError(
+                f"{mode} alpha weighs positives by alpha and negatives by 1 - alpha, so it "
+                f"must lie in [0, 1], got {t.tolist()}"
+            )
+        if mode == BINARY_MODE and t.numel() != 1:
+            raise ValueError(f"binary alpha must be a single number in [0, 1], got {t.tolist()}")
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Private pieces shared by the loss modules of :mod:`seglosses` (focal, Dice, combined).
+"""Private pieces shared by the loss modules of :mod:`seglosses`.
 
-The loss files import private helpers from here only, never from one another.
+The loss files import private helpers from the private modules only (this one, :mod:`seglosses._inputs`
+and :mod:`seglosses._overlap`), never from one another.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "option_values",
     "options_repr",
     "pixel_chunk",
+    "set_class_values",
 ]
 
 #: A number, per-class values or None (alpha, weight, class_weights).
@@ -106,6 +108,16 @@ class SavedGradient(torch.autograd.Function):
         if 0 < grad_out.ndim < grad.ndim:
             grad_out = grad_out.unsqueeze(1)
         return (grad * grad_out,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+
+def set_class_values(module: nn.Module, name: str, value: ClassValues) -> None:
+    """Store ``alpha``/``weight`` on ``module``: a number or None as is, per-class values as a float32
+    (C,) non-persistent buffer, so that ``.to(device)`` moves it."""
+    if value is None or isinstance(value, (int, float)):
+        setattr(module, name, value)
+    else:
+        buffer = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+        module.register_buffer(name, buffer, persistent=False)
 
 
 @contextmanager

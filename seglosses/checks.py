@@ -30,18 +30,39 @@ def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | 
     return int(value)
 
 
-def check_number(value: Any, name: str, minimum: float | None = None, *, finite: bool = True) -> float:
-    """Return ``value`` if it is a real number (not a bool), finite unless ``finite=False``, >= ``minimum``.
+def _bounds(minimum: float | None, maximum: float | None, greater_than: float | None) -> str:
+    """`` >= 0``, `` > 0``, `` <= 1``, `` in [0, 1]``, `` in (0, 1]`` or ``""``: the range in a message."""
+    low, bracket, op = (greater_than, "(", ">") if greater_than is not None else (minimum, "[", ">=")
+    if low is not None and maximum is not None:
+        return f" in {bracket}{low}, {maximum}]"
+    if low is not None:
+        return f" {op} {low}"
+    return "" if maximum is None else f" <= {maximum}"
+
+
+def check_number(
+    value: Any,
+    name: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    finite: bool = True,
+    greater_than: float | None = None,
+) -> float:
+    """Return ``value`` if it is a real number (not a bool), finite unless ``finite=False``, in
+    ``[minimum, maximum]`` (either bound optional) and ``> greater_than`` (a strict lower bound, instead of
+    ``minimum``).
 
     NaN is always rejected.
     """
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    bounds = _bounds(minimum, maximum, greater_than)
     if not number or math.isnan(value) or (finite and not math.isfinite(value)):
         kind = "a finite number" if finite else "a number"
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{name} must be {kind}{bound}, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}{bounds}, got {value!r}")
+    below = (minimum is not None and value < minimum) or (greater_than is not None and value <= greater_than)
+    if below or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be{bounds}, got {value!r}")
     return value
 
 

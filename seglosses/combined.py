@@ -162,7 +162,8 @@ class CombinedLoss(nn.Module):
 
 _MISSING = object()
 # The option values of the terms that the fused Function implements.
-_FOCAL_PLAIN = {"mode": MULTICLASS_MODE, "alpha": None, "reduction": "mean", "from_logits": True}
+_FOCAL_PLAIN = {"mode": MULTICLASS_MODE, "alpha": None, "reduction": "mean", "from_logits": True,
+                "label_smoothing": 0.0}
 _DICE_PLAIN = {"mode": MULTICLASS_MODE, "power": 1, "class_weights": None, "per_image": False,
                "log_loss": False, "include_background": True, "from_logits": True, "reduction": "mean",
                "sync_ddp": False}
@@ -192,8 +193,8 @@ def _is_number(value: object, minimum: float) -> bool:
 def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str, str] | None:
     """Names (focal, dice) when the terms are exactly a FocalLoss and a DiceLoss in the configuration the
     fused Function implements: multiclass, logits, class-index targets, one ``ignore_index`` shared by
-    both terms, no per-class weights, mean reductions; batch Dice with ``smooth > 0``, ``power = 1`` and
-    no DDP synchronisation (``sync_ddp=False``). Else ``None``."""
+    both terms, no per-class weights, no label smoothing, mean reductions; batch Dice with ``smooth > 0``,
+    ``power = 1`` and no DDP synchronisation (``sync_ddp=False``). Else ``None``."""
     if len(losses) != 2:
         return None
     focal = next((k for k, m in losses.items() if type(m) is FocalLoss), None)

@@ -19,19 +19,24 @@ NaN logits are not checked (the check would cost 2-12 % of a loss step, see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from seglosses._inputs import Prepared, as_class_vector, check_reduction, prepare
-from seglosses._shared import ClassValues, SavedGradient, focal_factors, option_values, options_repr
+from seglosses._inputs import Prepared, as_class_vector, check_class_values, check_reduction, prepare
+from seglosses._shared import (
+    ClassValues,
+    SavedGradient,
+    focal_factors,
+    option_values,
+    options_repr,
+    set_class_values,
+)
 from seglosses.checks import check_ignore_index, check_number
-from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
+from seglosses.modes import MULTICLASS_MODE, check_mode
 
-__all__ = ["CrossEntropyLoss", "FocalLoss", "focal_loss"]
+__all__ = ["CrossEntropyLoss", "FocalLoss", "cross_entropy", "focal_loss"]
 
 # Same clamps as F.binary_cross_entropy: log-probabilities >= -100, gradient denominators >= 1e-12.
 _LOG_MIN = -100.0
@@ -205,43 +210,22 @@ class _SigmoidFocalOfProb(SavedGradient):
 
 
 def _check_options(
-    mode: str, gamma: float, alpha: ClassValues, weight: ClassValues, ignore_index: int | None, reduction: str
+    mode: str,
+    gamma: float,
+    alpha: ClassValues,
+    weight: ClassValues,
+    ignore_index: int | None,
+    reduction: str,
+    label_smoothing: float = 0.0,
 ) -> None:
     """The checks that need no input, shared by :func:`focal_loss` and the modules."""
     check_mode(mode)
     check_reduction(reduction)
     check_number(gamma, "gamma", minimum=0)
-    _check_class_values("alpha", alpha, mode)
-    _check_class_values("weight", weight, mode)
+    check_class_values("alpha", alpha, mode)
+    check_class_values("weight", weight, mode)
     check_ignore_index(ignore_index)
-
-
-def _check_class_values(name: str, value: ClassValues, mode: str) -> None:
-    """Checks that need no class count: a number or 1-D values, finite, >= 0; <= 1 for sigmoid alpha."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, Sequence, Tensor)):
-        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}")
-    if isinstance(value, Tensor):
-        value = value.detach().cpu()
-    try:
-        t = torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}") from e
-    if t.ndim > 1:
-        raise ValueError(
-            f"{name} must be a number or a 1-D sequence of per-class values, got shape {tuple(t.shape)}"
-        )
-    if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{name} must be finite and >= 0, got {t.tolist()}")
-    if name == "alpha" and mode != MULTICLASS_MODE:
-        if (t > 1).any():
-            raise ValueError(
-                f"{mode} alpha weighs positives by alpha and negatives by 1 - alpha, so it "
-                f"must lie in [0, 1], got {t.tolist()}"
-            )
-        if mode == BINARY_MODE and t.numel() != 1:
-            raise ValueError(f"binary alpha must be a single number in [0, 1], got {t.tolist()}")
+    check_number(label_smoothing, "label_smoothing", minimum=0, maximum=1)
 
 
 def _mean(total: Tensor, denom: Tensor | int) -> Tensor:
@@ -259,33 +243,62 @@ def _reduce(loss: Tensor, reduction: str, denom: Tensor | int, out_shape: tuple[
 
 
 def _multiclass(
-    prep: Prepared, gamma: float, alpha: Tensor | None, reduction: str, from_logits: bool
+    prep: Prepared,
+    gamma: float,
+    alpha: Tensor | None,
+    reduction: str,
+    from_logits: bool,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    x, n, s = prep.input, prep.input.shape[0], prep.input.shape[2]
+    x, n, c, s = prep.input, prep.input.shape[0], prep.input.shape[1], prep.input.shape[2]
     out_shape = (n, *prep.spatial_shape)
+    eps = label_smoothing
     if not prep.index_target:
-        # probability targets: -sum_c alpha_c t_c (1 - p_c)^gamma log p_c;
-        # "mean" divides by the pixel count, like F.cross_entropy
-        t = prep.target if alpha is None else prep.target * alpha.view(1, -1, 1)
-        if from_logits:
-            terms = _FocalOfLogProb.apply(torch.log_softmax(x, dim=1), gamma)
-        else:
-            terms = _FocalOfProb.apply(x, gamma)
-        return _reduce((terms * t).sum(1), reduction, n * s, out_shape)
+        # probability targets (smoothed: (1 - eps) t + eps / C); "mean" divides by the pixel count, like
+        # F.cross_entropy
+        t = prep.target if eps == 0 else prep.target.mul(1 - eps).add_(eps / c)
+        return _soft_multiclass(x, t, gamma, alpha, reduction, from_logits, n * s, out_shape)
 
     y = prep.target
     w = None if alpha is None else alpha[y]
     if prep.valid is not None:
         w = prep.valid.to(x.dtype) if w is None else w * prep.valid
+    # "mean" divides by the summed weights of the counted pixels, as F.cross_entropy(weight=...) does
+    denom = n * s if w is None else w.sum()
+    if eps > 0:
+        # the smoothed target distribution (1 - eps) [y = c] + eps / C (0 at ignored pixels) through the
+        # probability-target path, with the denominator of the index targets (as F.cross_entropy)
+        t = torch.full_like(x, eps / c).scatter_(1, y.unsqueeze(1), 1 - eps + eps / c)
+        if prep.valid is not None:
+            t.mul_(prep.valid.unsqueeze(1))
+        return _soft_multiclass(x, t, gamma, alpha, reduction, from_logits, denom, out_shape)
     if from_logits:
         loss = _SoftmaxFocal.apply(x, y, w, gamma)
     else:
         loss = _FocalOfProb.apply(x.gather(1, y.unsqueeze(1)).squeeze(1), gamma)
         if w is not None:
             loss = loss * w
-    # "mean" divides by the summed weights of the counted pixels, as F.cross_entropy(weight=...) does
-    denom = n * s if w is None else w.sum()
     return _reduce(loss, reduction, denom, out_shape)
+
+
+def _soft_multiclass(
+    x: Tensor,
+    t: Tensor,
+    gamma: float,
+    alpha: Tensor | None,
+    reduction: str,
+    from_logits: bool,
+    denom: Tensor | int,
+    out_shape: tuple[int, ...],
+) -> Tensor:
+    """Probability targets ``t`` (N, C, S): ``-sum_c alpha_c t_c (1 - p_c)^gamma log p_c`` per pixel."""
+    if alpha is not None:
+        t = t * alpha.view(1, -1, 1)
+    if from_logits:
+        terms = _FocalOfLogProb.apply(torch.log_softmax(x, dim=1), gamma)
+    else:
+        terms = _FocalOfProb.apply(x, gamma)
+    return _reduce((terms * t).sum(1), reduction, denom, out_shape)
 
 
 def _sigmoid(
@@ -295,10 +308,13 @@ def _sigmoid(
     class_weight: Tensor | None,
     reduction: str,
     from_logits: bool,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     x, t = prep.input, prep.target
+    if label_smoothing > 0:  # the two-class distribution of each element, smoothed: (1 - eps) t + eps / 2
+        t = t.mul(1 - label_smoothing).add_(label_smoothing / 2)
     if from_logits:
-        hard = gamma > 0 and not bool(torch.count_nonzero(t.frac()))
+        hard = gamma > 0 and label_smoothing == 0 and not bool(torch.count_nonzero(t.frac()))
         loss = _SigmoidFocal.apply(x, t, alpha, class_weight, prep.valid, gamma, hard)
     else:
         loss = _SigmoidFocalOfProb.apply(x, t, gamma)
@@ -324,8 +340,9 @@ def _focal_loss(
     ignore_index: int | None,
     reduction: str,
     from_logits: bool,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
-    _check_options(mode, gamma, alpha, weight, ignore_index, reduction)
+    _check_options(mode, gamma, alpha, weight, ignore_index, reduction, label_smoothing)
     if isinstance(target, Tensor) and target.requires_grad:
         raise ValueError(
             "target requires grad, but gradients with respect to the target are not "
@@ -335,14 +352,14 @@ def _focal_loss(
     c = prep.num_classes
     alpha_vec = as_class_vector("alpha", alpha, c, prep.input)
     weight_vec = as_class_vector("weight", weight, c, prep.input)
-    gamma = float(gamma)
+    gamma, eps = float(gamma), float(label_smoothing)
     if mode == MULTICLASS_MODE:
         if alpha_vec is not None and weight_vec is not None:
             alpha_vec = alpha_vec * weight_vec
         elif weight_vec is not None:
             alpha_vec = weight_vec
-        return _multiclass(prep, gamma, alpha_vec, reduction, from_logits)
-    return _sigmoid(prep, gamma, alpha_vec, weight_vec, reduction, from_logits)
+        return _multiclass(prep, gamma, alpha_vec, reduction, from_logits, eps)
+    return _sigmoid(prep, gamma, alpha_vec, weight_vec, reduction, from_logits, eps)
 
 
 def focal_loss(
@@ -355,6 +372,7 @@ def focal_loss(
     ignore_index: int | None = None,
     reduction: str = "mean",
     from_logits: bool = True,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     r"""Focal loss, ``FL = -alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., 2017).
 
@@ -381,14 +399,21 @@ def focal_loss(
             ``F.cross_entropy`` returns NaN.
         from_logits: if False, ``input`` holds probabilities in [0, 1] (softmax outputs in
             multiclass mode); logs are clamped at -100 as in ``F.binary_cross_entropy``.
+        label_smoothing: ``eps`` in [0, 1]; the target becomes the smoothed distribution, which goes
+            through the probability-target formula. multiclass: ``t_c = (1 - eps) [y = c] + eps / C``
+            (index targets; 0 at ignored pixels, and ``"mean"`` keeps the index targets' denominator)
+            or ``(1 - eps) t_c + eps / C`` (probability targets), so the loss per pixel is
+            ``-sum_c alpha_c t_c (1 - p_c)^gamma log p_c``; binary/multilabel: ``(1 - eps) t + eps / 2``
+            per element (soft-target focal term). At ``gamma=0`` this is
+            ``F.cross_entropy(..., label_smoothing=eps)``. Costs one (N, C, \*) target tensor.
 
     Returns:
         A scalar, or per-pixel losses for ``reduction="none"``; float32 for fp16/bf16 input.
 
     Raises:
         ValueError: unknown mode or reduction, negative or non-finite gamma, alpha of the wrong
-            length, negative, or (binary/multilabel) outside [0, 1], and every shape, dtype and
-            range check of :func:`seglosses._inputs.prepare`.
+            length, negative, or (binary/multilabel) outside [0, 1], label_smoothing outside [0, 1],
+            and every shape, dtype and range check of :func:`seglosses._inputs.prepare`.
 
     With ``gamma=0`` and multiclass index targets this is
     ``F.cross_entropy(input, target, weight=alpha, ignore_index=ignore_index)``; binary with
@@ -404,6 +429,39 @@ def focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         from_logits=from_logits,
+        label_smoothing=label_smoothing,
+    )
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "multiclass",
+    weight: ClassValues = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+    from_logits: bool = True,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    r"""Cross-entropy, the functional form of :class:`CrossEntropyLoss` (:func:`focal_loss` at
+    ``gamma=0`` with per-class ``weight``); arguments, shapes and reductions as there.
+
+    multiclass: ``F.cross_entropy(input, target, weight, ignore_index=..., label_smoothing=...)``;
+    binary/multilabel: ``F.binary_cross_entropy_with_logits`` with ``weight`` broadcast over dim 1 and the
+    target smoothed to ``(1 - eps) t + eps / 2``. An all-ignored ``"mean"`` gives 0 instead of NaN.
+    """
+    return _focal_loss(
+        input,
+        target,
+        mode=mode,
+        gamma=0.0,
+        alpha=None,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        from_logits=from_logits,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -412,18 +470,8 @@ def focal_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-_FOCAL_OPTIONS = ("mode", "gamma", "alpha", "ignore_index", "reduction", "from_logits")
-_CROSS_ENTROPY_OPTIONS = ("mode", "weight", "ignore_index", "reduction", "from_logits")
-
-
-def _set_class_values(module: nn.Module, name: str, value: ClassValues) -> None:
-    """Store ``alpha``/``weight`` on ``module``: a number or None as is, per-class values as a float32
-    (C,) non-persistent buffer, so that ``.to(device)`` moves it."""
-    if value is None or isinstance(value, (int, float)):
-        setattr(module, name, value)
-    else:
-        buffer = torch.as_tensor(value, dtype=torch.float32).detach().clone()
-        module.register_buffer(name, buffer, persistent=False)
+_FOCAL_OPTIONS = ("mode", "gamma", "alpha", "ignore_index", "reduction", "from_logits", "label_smoothing")
+_CROSS_ENTROPY_OPTIONS = ("mode", "weight", "ignore_index", "reduction", "from_logits", "label_smoothing")
 
 
 class FocalLoss(nn.Module):
@@ -463,6 +511,10 @@ class FocalLoss(nn.Module):
         >>> t = torch.randint(0, 2, (2, 1, 4, 4), generator=gen).float()  # binary targets (N, 1, H, W)
         >>> FocalLoss(mode="binary", alpha=0.25, reduction="none")(x[:, :1], t).shape
         torch.Size([2, 1, 4, 4])
+        >>> # label smoothing: the target distribution (1 - eps) one_hot(y) + eps / C
+        >>> smooth = (0.9 * F.one_hot(y, 3).movedim(-1, 1) + 0.1 / 3).float()
+        >>> torch.allclose(FocalLoss(label_smoothing=0.1)(x, y), FocalLoss()(x, smooth))
+        True
     """
 
     def __init__(
@@ -474,15 +526,17 @@ class FocalLoss(nn.Module):
         ignore_index: int | None = None,
         reduction: str = "mean",
         from_logits: bool = True,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_options(mode, gamma, alpha, None, ignore_index, reduction)
+        _check_options(mode, gamma, alpha, None, ignore_index, reduction, label_smoothing)
         self.mode = mode
         self.gamma = gamma
-        _set_class_values(self, "alpha", alpha)
+        set_class_values(self, "alpha", alpha)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.from_logits = from_logits
+        self.label_smoothing = label_smoothing
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return _focal_loss(input, target, weight=None, **option_values(self, _FOCAL_OPTIONS))
@@ -494,11 +548,18 @@ class FocalLoss(nn.Module):
 class CrossEntropyLoss(FocalLoss):
     r"""Cross-entropy: :class:`FocalLoss` with ``gamma`` fixed at 0 and per-class ``weight``.
 
-    multiclass: equals ``F.cross_entropy(input, target, weight=weight, ignore_index=...)`` (index
-    or probability targets), except that an all-ignored ``"mean"`` gives 0 instead of NaN.
-    binary/multilabel: equals ``F.binary_cross_entropy_with_logits(input, target, weight=w)`` with
-    ``w`` the per-class ``weight`` broadcast over channel dim 1 (a number in binary mode);
-    ``"mean"`` divides by the number of non-ignored elements.
+    multiclass: equals ``F.cross_entropy(input, target, weight=weight, ignore_index=...,
+    label_smoothing=...)`` (index or probability targets), except that an all-ignored ``"mean"`` gives 0
+    instead of NaN. binary/multilabel: equals ``F.binary_cross_entropy_with_logits(input, target, weight=w)``
+    with ``w`` the per-class ``weight`` broadcast over channel dim 1 (a number in binary mode) and the target
+    smoothed to ``(1 - eps) t + eps / 2``; ``"mean"`` divides by the number of non-ignored elements.
+
+    Label smoothing (``eps = label_smoothing``), multiclass index targets, per pixel:
+
+    .. math::
+        \ell = -(1 - \varepsilon)\, w_y \log p_y - \frac{\varepsilon}{C} \sum_c w_c \log p_c,
+
+    and ``"mean"`` divides the sum by :math:`\sum w_y` over the counted pixels, as ``F.cross_entropy``.
 
     Shape:
         As :class:`FocalLoss`: multiclass input (N, C, \*), target (N, \*) class ids or (N, C, \*)
@@ -519,6 +580,9 @@ class CrossEntropyLoss(FocalLoss):
         True
         >>> CrossEntropyLoss(ignore_index=2, reduction="none")(x, y)
         tensor([[0.2413, 0.0000]])
+        >>> smoothed = CrossEntropyLoss(weight=w, label_smoothing=0.1)
+        >>> torch.allclose(smoothed(x, y), F.cross_entropy(x, y, weight=w, label_smoothing=0.1))
+        True
     """
 
     def __init__(
@@ -529,13 +593,14 @@ class CrossEntropyLoss(FocalLoss):
         ignore_index: int | None = None,
         reduction: str = "mean",
         from_logits: bool = True,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(
             mode=mode, gamma=0.0, alpha=None, ignore_index=ignore_index, reduction=reduction,
-            from_logits=from_logits,
+            from_logits=from_logits, label_smoothing=label_smoothing,
         )  # fmt: skip
-        _check_class_values("weight", weight, mode)
-        _set_class_values(self, "weight", weight)
+        check_class_values("weight", weight, mode)
+        set_class_values(self, "weight", weight)
 
     @property
     def gamma(self) -> float:

@@ -25,7 +25,6 @@ from models import CheckpointMismatchError
 from runs.build import build_loss
 from runs.training import run
 from seglosses.combined import CombinedLoss
-from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 from tests.overrides import SYNTHETIC_TINY
 
@@ -85,7 +84,7 @@ def test_loss_gamma_and_alpha_override_every_loss(tmp_path, loss):
     cfg = make_cfg(tmp_path, f"loss={loss}", "loss.gamma=1.5", "loss.alpha=0.5")
     module = instantiate(cfg.loss.module)
     focal = [m for m in module.modules() if type(m) is FocalLoss]
-    assert bool(focal) == loss.startswith("focal")
+    assert bool(focal) == (loss in {"focal", "focal_dice"})  # focal_tversky: its own exponent, no FocalLoss
     for term in focal:
         assert term.gamma == 1.5 and term.alpha == 0.5
     if focal:
@@ -98,7 +97,8 @@ def test_loss_gamma_and_alpha_override_every_loss(tmp_path, loss):
 @pytest.mark.parametrize("loss", LOSSES)
 def test_loss_mode_and_ignore_index_come_from_datamodule(tmp_path, loss):
     cfg = make_cfg(tmp_path, f"loss={loss}", "datamodule.ignore_index=7")
-    terms = [m for m in instantiate(cfg.loss.module).modules() if isinstance(m, (FocalLoss, DiceLoss))]
+    module = instantiate(cfg.loss.module)
+    terms = list(module.losses.values()) if isinstance(module, CombinedLoss) else [module]
     assert terms
     assert all(t.ignore_index == 7 and t.mode == "multiclass" for t in terms)
 

@@ -9,8 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from runs.build import build_loss
 from seglosses.combined import CombinedLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
+from seglosses.mining import OhemCrossEntropyLoss, TopKCrossEntropyLoss
+from seglosses.tversky import TverskyLoss
 
 LOSS_CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
 OPTIONS = sorted(p.stem for p in LOSS_CONF.glob("*.yaml"))
@@ -26,7 +29,15 @@ def compose_loss(option: str, *overrides: str):
 
 
 def test_options():
-    assert OPTIONS == ["ce", "dice", "dice_ce", "focal", "focal_dice"]
+    assert OPTIONS == [
+        "ce", "dice", "dice_ce", "focal", "focal_dice", "focal_tversky", "generalized_dice", "lovasz",
+        "lovasz_ce", "ohem_ce", "topk_ce", "tversky",
+    ]  # fmt: skip
+
+
+def term_names(option: str, loss) -> list[str]:
+    """A combined option is named by its terms (``dice_ce``: dice + ce); a single-term option by its term."""
+    return sorted(option.split("_")) if isinstance(loss, CombinedLoss) else [option]
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -38,7 +49,7 @@ def test_option_composes_and_instantiates_with_class_weights(option):
     cfg.loss.class_weights = WEIGHTS  # what train.py does with the class_weights group's weights
     loss = instantiate(cfg.loss.module)
     terms = dict(loss.losses) if isinstance(loss, CombinedLoss) else {option: loss}
-    assert sorted(terms) == sorted(option.split("_"))
+    assert sorted(terms) == term_names(option, loss)
     if isinstance(loss, CombinedLoss):
         assert loss.weights == {name: 1.0 for name in terms}
     for name, term in terms.items():
@@ -49,6 +60,11 @@ def test_option_composes_and_instantiates_with_class_weights(option):
         if name == "focal":
             assert type(term) is FocalLoss and term.gamma == 2.0
             torch.testing.assert_close(term.alpha, torch.tensor(WEIGHTS))  # alpha defaults to the weights
+        if name in ("ohem_ce", "topk_ce"):  # the cross-entropy weight is the class weights
+            assert isinstance(term, (OhemCrossEntropyLoss, TopKCrossEntropyLoss))
+            torch.testing.assert_close(term.weight, torch.tensor(WEIGHTS))
+        if name == "focal_tversky":  # Abraham & Khan's settings on top of the Tversky term
+            assert isinstance(term, TverskyLoss) and (term.alpha, term.beta, term.gamma) == (0.3, 0.7, 0.75)
     logits = torch.randn(2, len(WEIGHTS), 8, 8)
     target = torch.randint(0, len(WEIGHTS), (2, 8, 8))
     assert torch.isfinite(loss(logits, target))
@@ -80,7 +96,34 @@ def test_option_files_compose_and_do_not_repeat_the_interface(option):
 def test_interface_and_term_files():
     interface = OmegaConf.load(LOSS_CONF / "common" / "interface.yaml")
     assert list(interface) == INTERFACE and OmegaConf.is_missing(interface, "name")
-    for term in ("ce", "dice", "focal"):
-        assert "_target_" in OmegaConf.load(LOSS_CONF / "terms" / f"{term}.yaml")
+    for path in LOSS_CONF.glob("terms/*.yaml"):
+        term = OmegaConf.load(path)  # a term names its class, or extends another term (focal_tversky)
+        assert "_target_" in term or list(term.defaults) == [path.stem.split("_")[-1], "_self_"], path
     for path in [*LOSS_CONF.glob("common/*.yaml"), *LOSS_CONF.glob("terms/*.yaml")]:
         assert path.read_text().startswith("# Not a loss option"), path
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize(
+    ("overrides", "weights"),
+    [
+        ((), torch.tensor(WEIGHTS)),  # multiclass with class weights, as train.py builds it
+        (("datamodule.mode=binary", "datamodule.num_classes=1"), None),
+        (("datamodule.mode=multilabel", "loss.alpha=0.25"), None),
+    ],
+)
+def test_option_builds_probes_and_trains_a_step_in_every_mode(option, overrides, weights):
+    """runs.build.build_loss (checks, instantiate, the start-up probe of every term), then a forward and
+    backward pass on a batch of the mode."""
+    cfg = compose_loss(option, *overrides)
+    loss = build_loss(cfg, weights)
+    mode, c = cfg.datamodule.mode, cfg.datamodule.num_classes
+    logits = torch.randn(2, c, 8, 8, requires_grad=True)
+    if mode == "multiclass":
+        target = torch.randint(0, c, (2, 8, 8))
+        target[0, 0] = cfg.datamodule.ignore_index
+    else:
+        target = (torch.rand(2, c, 8, 8) < 0.3).float()
+    value = loss(logits, target)
+    value.backward()
+    assert value.shape == () and torch.isfinite(value) and torch.isfinite(logits.grad).all()

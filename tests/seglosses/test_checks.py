@@ -86,3 +86,18 @@ def test_check_choice():
     assert check_choice("mean", "reduction", ("mean", "sum")) == "mean"
     with pytest.raises(ValueError, match=r"^loss\.reduction must be one of \('mean', 'sum'\), got 'avg'$"):
         check_choice("avg", "loss.reduction", ["mean", "sum"])
+
+
+def test_check_number_upper_and_strict_lower_bounds():
+    assert check_number(1, "thresh", minimum=0, maximum=1) == 1
+    assert check_number(0.5, "k", maximum=1, greater_than=0) == 0.5
+    with pytest.raises(ValueError, match=r"^thresh must be in \[0, 1\], got 1\.5$"):
+        check_number(1.5, "thresh", minimum=0, maximum=1)
+    with pytest.raises(ValueError, match=r"^k must be in \(0, 1\], got 0$"):
+        check_number(0, "k", maximum=1, greater_than=0)
+    with pytest.raises(ValueError, match=r"^gamma must be > 0, got -1$"):
+        check_number(-1, "gamma", greater_than=0)
+    with pytest.raises(ValueError, match=r"^eps must be <= 1, got 2$"):
+        check_number(2, "eps", maximum=1)
+    with pytest.raises(ValueError, match=r"^k must be a finite number in \(0, 1\], got nan$"):
+        check_number(float("nan"), "k", maximum=1, greater_than=0)

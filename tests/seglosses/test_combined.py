@@ -295,6 +295,8 @@ def test_fast_path_validates_like_the_terms(batch):
         lambda: focal_dice(class_weights=[1.0, 2.0, 3.0]),
         lambda: CombinedLoss({"focal": FocalLoss(mode="multiclass", alpha=[1.0, 2.0, 3.0]),
                               "dice": DiceLoss(mode="multiclass")}),
+        lambda: CombinedLoss({"focal": FocalLoss(mode="multiclass", label_smoothing=0.1),
+                              "dice": DiceLoss(mode="multiclass")}),
         lambda: CombinedLoss({"focal": FocalLoss(mode="multiclass"), "dice": DiceLoss(mode="multiclass"),
                               "sq": SquaredLogit()}),
     ],
@@ -381,3 +383,30 @@ def test_fast_path_in_several_pixel_chunks_equals_one_chunk(monkeypatch, ignore_
     torch.testing.assert_close(chunked, whole)
     (expected,) = torch.autograd.grad(separate(loss, x, y), x)
     torch.testing.assert_close(chunked, expected)
+
+
+def test_new_terms_combine(batch):
+    """The Tversky, Lovász, generalized Dice, OHEM and top-k losses are plain terms of a CombinedLoss."""
+    from seglosses import (
+        GeneralizedDiceLoss,
+        LovaszLoss,
+        OhemCrossEntropyLoss,
+        TopKCrossEntropyLoss,
+        TverskyLoss,
+    )
+
+    x, y = batch
+    terms = {
+        "lovasz": LovaszLoss(),
+        "tversky": TverskyLoss(alpha=0.3, beta=0.7, gamma=0.75),
+        "gdl": GeneralizedDiceLoss(),
+        "ohem": OhemCrossEntropyLoss(min_kept=5),
+        "topk": TopKCrossEntropyLoss(),
+    }
+    loss = CombinedLoss(terms, weights={"lovasz": 2.0})
+    total = loss(x, y)
+    expected = sum(loss.weights[name] * term(x, y) for name, term in terms.items())
+    torch.testing.assert_close(total, expected)
+    assert sorted(loss.last_values) == sorted(terms)
+    total.backward()
+    assert torch.isfinite(x.grad).all()

@@ -19,6 +19,10 @@ WITH_EXAMPLES = {
     "seglosses.focal": ("FocalLoss", "CrossEntropyLoss"),
     "seglosses.dice": ("DiceLoss",),
     "seglosses.combined": ("CombinedLoss",),
+    "seglosses.tversky": ("TverskyLoss",),
+    "seglosses.lovasz": ("LovaszLoss",),
+    "seglosses.generalized_dice": ("GeneralizedDiceLoss",),
+    "seglosses.mining": ("OhemCrossEntropyLoss", "TopKCrossEntropyLoss"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -12,7 +13,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seglosses.focal import CrossEntropyLoss, FocalLoss, focal_loss
+from seglosses.focal import CrossEntropyLoss, FocalLoss, cross_entropy, focal_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 GAMMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
@@ -718,3 +719,115 @@ def test_module_errors_at_construction():
     ce = CrossEntropyLoss()
     with pytest.raises(ValueError, match="gamma fixed at 0"):
         ce.gamma = 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# label smoothing
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_index", [None, 2])
+@pytest.mark.parametrize("eps", [0.1, 1.0])
+def test_cross_entropy_label_smoothing_equals_torch(shape, reduction, weighted, ignore_index, eps):
+    c = shape[1]
+    x = _logits(shape, dtype=torch.float64)
+    y = _labels(shape, c)
+    if ignore_index is not None:
+        y.view(-1)[::3] = ignore_index
+    weight = torch.rand(c, generator=_gen(7), dtype=torch.float64) + 0.1 if weighted else None
+    options = dict(weight=weight, reduction=reduction, label_smoothing=eps)
+    ours = cross_entropy(x, y, ignore_index=ignore_index, **options)
+    ref = F.cross_entropy(x, y, ignore_index=-100 if ignore_index is None else ignore_index, **options)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(_grad(ours, x), _grad(ref, x))
+    module = CrossEntropyLoss(ignore_index=ignore_index, **options)
+    torch.testing.assert_close(module(x.float(), y), ref.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_label_smoothing_probability_targets_equal_torch(weighted):
+    x = _logits((2, 4, 3, 5), dtype=torch.float64)
+    t = torch.softmax(torch.randn(2, 4, 3, 5, generator=_gen(3), dtype=torch.float64), 1)
+    weight = torch.rand(4, generator=_gen(7), dtype=torch.float64) + 0.1 if weighted else None
+    for reduction in REDUCTIONS:
+        ours = cross_entropy(x, t, weight=weight, reduction=reduction, label_smoothing=0.2)
+        torch.testing.assert_close(ours, F.cross_entropy(x, t, weight=weight, reduction=reduction,
+                                                         label_smoothing=0.2))  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_sigmoid_label_smoothing_is_bce_of_the_smoothed_target(mode):
+    shape = (2, 1, 3, 4) if mode == "binary" else (2, 3, 3, 4)
+    x = _logits(shape, dtype=torch.float64)
+    t = torch.rand(shape, generator=_gen(2), dtype=torch.float64).round()
+    smoothed = t * 0.8 + 0.1
+    ours = cross_entropy(x, t, mode=mode, label_smoothing=0.2, reduction="none")
+    torch.testing.assert_close(ours, F.binary_cross_entropy_with_logits(x, smoothed, reduction="none"))
+    for gamma in (0.5, 2.0):
+        torch.testing.assert_close(
+            focal_loss(x, t, mode=mode, gamma=gamma, alpha=0.25, label_smoothing=0.2),
+            ref_sigmoid_focal(x, smoothed, gamma, alpha=0.25),
+        )
+
+
+def ref_smoothed_focal(x, y, gamma, eps, alpha=None, ignore_index=None, reduction="mean"):
+    """The documented formula: t = (1 - eps) one_hot(y) + eps / C (0 at ignored pixels),
+    -sum_c alpha_c t_c (1 - p_c)^gamma log p_c per pixel; "mean" divides by the sum of alpha[y] over the
+    kept pixels."""
+    x = x.double()
+    c = x.shape[1]
+    valid = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != ignore_index
+    y0 = torch.where(valid, y, 0)
+    t = (1 - eps) * F.one_hot(y0, c).movedim(-1, 1).double() + eps / c
+    t = t * valid.unsqueeze(1)
+    a = torch.ones(c, dtype=torch.float64) if alpha is None else torch.as_tensor(alpha).double()
+    a = a.view(1, -1, *([1] * (x.ndim - 2)))
+    p = torch.softmax(x, 1)
+    loss = -(a * t * (1 - p) ** gamma * torch.log(p)).sum(1)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / (a.flatten()[y0] * valid).sum()
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_focal_label_smoothing_matches_the_documented_formula(gamma, reduction, from_logits):
+    x = _logits((2, 4, 3, 5), dtype=torch.float64)
+    y = _labels((2, 4, 3, 5), 4)
+    y.view(-1)[::4] = 255
+    alpha = [0.5, 1.0, 2.0, 1.5]
+    inp = x if from_logits else torch.softmax(x, 1)
+    ours = focal_loss(inp, y, gamma=gamma, alpha=alpha, ignore_index=255, reduction=reduction,
+                      label_smoothing=0.1, from_logits=from_logits)  # fmt: skip
+    ref = ref_smoothed_focal(x, y, gamma, 0.1, alpha=alpha, ignore_index=255, reduction=reduction)
+    torch.testing.assert_close(ours, ref)
+    if from_logits:
+        torch.testing.assert_close(_grad(ours, x), _grad(ref, x))
+
+
+def test_focal_label_smoothing_gradcheck_and_extreme_logits():
+    x = _logits((2, 3, 2, 3), dtype=torch.float64)
+    y = _labels((2, 3, 2, 3), 3)
+    for gamma in (0.5, 2.0):
+        fn = functools.partial(focal_loss, target=y, gamma=gamma, label_smoothing=0.1)
+        assert torch.autograd.gradcheck(fn, (x,))
+    for dtype, scale in itertools.product((torch.float32, torch.float16, torch.bfloat16), (100.0, 1e4)):
+        z = (torch.sign(x.detach()) * scale).to(dtype).requires_grad_(True)
+        for gamma, mode in itertools.product((0.0, 0.5, 2.0), ("multiclass", "binary")):
+            target = y if mode == "multiclass" else (y > 0).double()[:, None].expand(-1, 3, -1, -1)[:, :1]
+            inp = z if mode == "multiclass" else z[:, :1]
+            loss = focal_loss(inp, target, mode=mode, gamma=gamma, label_smoothing=0.1)
+            (grad,) = torch.autograd.grad(loss, z)
+            assert torch.isfinite(loss) and torch.isfinite(grad).all(), (dtype, scale, gamma, mode)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.1", True])
+def test_label_smoothing_out_of_range_raises(bad):
+    with pytest.raises(ValueError, match=r"label_smoothing must be (a finite number )?in \[0, 1\]"):
+        focal_loss(_X, _Y, label_smoothing=bad)
+    with pytest.raises(ValueError, match=r"label_smoothing must be (a finite number )?in \[0, 1\]"):
+        CrossEntropyLoss(label_smoothing=bad)

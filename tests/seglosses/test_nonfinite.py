@@ -8,7 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seglosses import CombinedLoss, CrossEntropyLoss, DiceLoss, FocalLoss, dice_loss, focal_loss
+from seglosses import (
+    CombinedLoss,
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    dice_loss,
+    focal_loss,
+    generalized_dice_loss,
+    lovasz_loss,
+    ohem_cross_entropy,
+    topk_cross_entropy,
+    tversky_loss,
+)
 from seglosses._inputs import prepare
 
 
@@ -30,6 +42,13 @@ LOSSES = {
     "probability target": lambda x, y: focal_loss(x, F.one_hot(y, 3).permute(0, 3, 1, 2).float()),
     "binary": lambda x, y: focal_loss(x[:, :1], (y[:, None] > 0).float(), mode="binary"),
     "multilabel": lambda x, y: dice_loss(x, F.one_hot(y, 3).permute(0, 3, 1, 2).float(), mode="multilabel"),
+    "label smoothing": lambda x, y: focal_loss(x, y, label_smoothing=0.1),
+    "tversky": lambda x, y: tversky_loss(x, y, gamma=0.75),
+    "lovasz": lambda x, y: lovasz_loss(x, y),
+    "lovasz hinge": lambda x, y: lovasz_loss(x[:, :1], (y[:, None] > 0).float(), mode="binary"),
+    "generalized dice": lambda x, y: generalized_dice_loss(x, y),
+    "ohem": lambda x, y: ohem_cross_entropy(x, y, min_kept=2),
+    "topk": lambda x, y: topk_cross_entropy(x, y),
 }
 
 
@@ -80,6 +99,10 @@ HAND_WRITTEN = {
     "focal of probabilities": lambda x, y: focal_loss(x.softmax(1), y, from_logits=False),
     "dice from logits": lambda x, y: dice_loss(x, y),
     "fused focal+dice": lambda x, y: CombinedLoss({"f": FocalLoss(), "d": DiceLoss()})(x, y),
+    "tversky from logits": lambda x, y: tversky_loss(x, y),
+    "lovasz": lambda x, y: lovasz_loss(x, y),
+    "ohem": lambda x, y: ohem_cross_entropy(x, y, min_kept=2),
+    "topk": lambda x, y: topk_cross_entropy(x, y),
 }
 
 
