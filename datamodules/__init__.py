@@ -5,6 +5,8 @@ from .base import SegDataModule, collate_samples, seed_worker
 from .class_weights import compute_class_weights, print_class_weights, weights_from_statistics
 from .dataset import FolderDataset, SegmentationDataset
 from .folder import FolderDataModule
+from .inputs import InputImage, InputListing, list_inputs
+from .io import read_image_converted, write_index_mask, write_rgb
 from .labels import LabelSpec
 from .pairing import SamplePair, find_pairs
 from .preflight import PreflightError, PreflightReport, SplitCheck
@@ -15,6 +17,8 @@ __all__ = [
     "SHAPES",
     "FolderDataModule",
     "FolderDataset",
+    "InputImage",
+    "InputListing",
     "LabelSpec",
     "LabelStatistics",
     "PreflightError",
@@ -29,8 +33,12 @@ __all__ = [
     "compute_class_weights",
     "count_labels",
     "find_pairs",
+    "list_inputs",
     "print_class_weights",
+    "read_image_converted",
     "render_sample",
     "seed_worker",
     "weights_from_statistics",
+    "write_index_mask",
+    "write_rgb",
 ]

@@ -71,6 +71,8 @@ class SegDataModule(pl.LightningDataModule):
         num_classes: model output channels, by the rules of :mod:`seglosses.modes` (binary: 1;
             multiclass: >= 2; multilabel: >= 1).
         class_names: one name per class (default ``class_0 ...``).
+        class_colors: one (R, G, B) colour (0..255) per class, used by predicted mask palettes and
+            overlays and stored in checkpoints (None: the PASCAL VOC palette; binary: the foreground's).
         ignore_index: mask value to ignore, or None.
         mode: one of :data:`seglosses.modes.MODES` (``"binary"``, ``"multiclass"``, ``"multilabel"``).
         in_channels: 1 or 3.
@@ -97,6 +99,7 @@ class SegDataModule(pl.LightningDataModule):
         *,
         num_classes: int,
         class_names: Sequence[str] | None = None,
+        class_colors: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = 255,
         mode: str = "multiclass",
         in_channels: int = 3,
@@ -135,6 +138,7 @@ class SegDataModule(pl.LightningDataModule):
         self.num_workers = check_int(num_workers, "datamodule.num_workers", minimum=0)
         self.num_classes = self.labels.num_classes
         self.class_names = class_names
+        self.class_colors = _check_colors(class_colors, num_classes)
         self.ignore_index = self.labels.ignore_index
         self.mode = mode
         self.in_channels = in_channels
@@ -156,6 +160,12 @@ class SegDataModule(pl.LightningDataModule):
         for t in (train_transform, eval_transform):
             if hasattr(t, "set_random_seed"):
                 t.set_random_seed(seed)
+
+    @property
+    def training_size(self) -> list[int] | None:
+        """(H, W) of the training samples the network sees (the crop of the train pipeline), the default
+        inference tile; None when the data module does not know it."""
+        return None
 
     # -- data sets --------------------------------------------------------------------------------------
     def make_dataset(self, split: str) -> SegmentationDataset:
@@ -307,3 +317,21 @@ class SegDataModule(pl.LightningDataModule):
             "ignore_index": self.ignore_index,
             "class_names": list(self.class_names),
         }
+
+
+def _check_colors(colors: Sequence[Sequence[int]] | None, num_classes: int) -> list[list[int]] | None:
+    """``datamodule.class_colors`` as lists of three ints in 0..255, one per class."""
+    if colors is None:
+        return None
+    colors = [list(c) if isinstance(c, Sequence) and not isinstance(c, str) else c for c in colors]
+    if len(colors) != num_classes:
+        raise ValueError(
+            f"datamodule.class_colors has {len(colors)} colours, expected one (R, G, B) per class "
+            f"(num_classes={num_classes})"
+        )
+    for i, c in enumerate(colors):
+        ok = isinstance(c, list) and len(c) == 3
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+        if not ok:
+            raise ValueError(f"datamodule.class_colors[{i}] must be [R, G, B] with ints 0..255, got {c!r}")
+    return colors

@@ -107,6 +107,10 @@ class FolderDataModule(SegDataModule):
             )
         self._pairs: dict[str, list[SamplePair]] = {}
 
+    @property
+    def training_size(self) -> list[int] | None:
+        return self.crop_size
+
     def pairs(self, split: str) -> list[SamplePair]:
         """The (image, mask) pairs of ``split``, sorted by name."""
         if split not in self._pairs:

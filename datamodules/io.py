@@ -6,6 +6,7 @@ them), masks are read as stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,74 @@ def read_mask(path: str | Path, *, allow_lossy: bool = True) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr
+
+
+#: How :func:`read_image_converted` turns a PIL mode into the model's channels: (target mode, what is said).
+_TO_RGB = {
+    "1": "1-bit -> RGB (channel replicated)",
+    "L": "grayscale -> RGB (channel replicated)",
+    "LA": "grayscale + alpha -> RGB (alpha dropped, channel replicated)",
+    "P": "palette -> RGB",
+    "PA": "palette + alpha -> RGB (alpha dropped)",
+    "RGBA": "RGBA -> RGB (alpha dropped)",
+    "RGBX": "RGBX -> RGB (padding channel dropped)",
+    "CMYK": "CMYK -> RGB",
+    "YCbCr": "YCbCr -> RGB",
+}
+
+
+def read_image_converted(path: str | Path, in_channels: int) -> tuple[np.ndarray, str | None]:
+    """Read an image for a model of ``in_channels`` channels: uint8 (H, W, in_channels) and a note that
+    says how it was converted (None when it already had the model's channels).
+
+    Conversions that lose nothing the model could use are made and named (grayscale or palette to RGB,
+    alpha dropped, an RGB image whose three channels are equal to grayscale); a colour image for a
+    1-channel model is refused (ValueError), as are 16-bit and float images.
+    """
+    path = Path(path)
+    img = _open(path, "image")
+    if img.mode not in _IMAGE_MODES:
+        raise ValueError(
+            f"image file {path} has PIL mode {img.mode!r} (16-bit or float); supported: 8-bit modes "
+            f"{_IMAGE_MODES}; convert it to 8 bits per channel"
+        )
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    if in_channels == 3:
+        note = None if img.mode == "RGB" else _TO_RGB[img.mode]
+        return np.asarray(img.convert("RGB")), note
+    if in_channels != 1:
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels!r}")
+    if img.mode == "L":
+        return np.asarray(img)[..., None], None
+    if img.mode in ("1", "LA"):
+        return np.asarray(img.convert("L"))[..., None], f"{img.mode} -> grayscale"
+    rgb = np.asarray(img.convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return rgb[..., :1].copy(), f"{img.mode} with equal channels -> grayscale"
+    raise ValueError(
+        f"image file {path} is a colour ({img.mode}) image but the model takes 1 channel (grayscale); "
+        "which channel or mix it was trained on is not known: convert the images to grayscale first"
+    )
+
+
+def write_index_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Sequence[int]] | None) -> None:
+    """Write a (H, W) index mask as PNG: 8-bit palette image with ``palette`` (one [R, G, B] per index) when
+    the values fit in 8 bits, else 16-bit grayscale (no palette)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mask.max(initial=0) < 256:
+        img = Image.fromarray(mask.astype(np.uint8), mode="P")
+        if palette is not None:
+            flat = [int(v) for color in palette for v in color][: 256 * 3]
+            img.putpalette(flat + [0] * (256 * 3 - len(flat)))
+    else:
+        img = Image.fromarray(mask.astype(np.uint16))
+    img.save(path)
+
+
+def write_rgb(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 (H, W, 3) image (PNG or JPEG by the extension)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)

@@ -235,6 +235,10 @@ class SyntheticDataModule(SegDataModule):
         }
         self.num_train, self.num_val, self.num_test = self.split_sizes.values()
 
+    @property
+    def training_size(self) -> list[int]:
+        return list(self.image_size)
+
     def make_dataset(self, split: str) -> SyntheticDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
         return SyntheticDataset(

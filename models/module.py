@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from models.inference import InferenceConfig, activation_for_mode, predict_probabilities
+from models.inference_checkpoint import INFERENCE_KEY
 from models.metrics import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
 from models.report import print_class_table, summarize
 from seglosses.checks import check_choice, check_ignore_index
@@ -49,6 +51,12 @@ class SegmentationModule(pl.LightningModule):
         scheduler_monitor: metric for ``ReduceLROnPlateau``-style schedulers.
         print_tables: print the per-class table at the end of validation (rank 0, not during the sanity
             check) and test.
+        inference_info: :meth:`models.InferenceInfo.to_dict` of this model, written into every checkpoint
+            (``checkpoint["inference"]``) so that :func:`models.load_for_inference` needs nothing else.
+        test_inference: how the test split is predicted (:class:`models.inference.InferenceConfig`:
+            whole image, sliding window, flip TTA), the same inferer as ``predict.py``. ``None`` or plain
+            whole-image inference without TTA: one forward pass of the padded batch. Otherwise the loss is
+            computed on the logits of the blended probabilities (``log p``; sigmoid: ``log(p / (1 - p))``).
 
     Batches are dicts: ``"image"`` float (B, C_in, H, W), ``"mask"`` int64 (B, H, W) class ids with
     ``ignore_index`` intact (binary: {0, 1}; multilabel: (B, C, H, W) {0, 1} per label, ignored pixels
@@ -77,6 +85,8 @@ class SegmentationModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/mIoU",
         print_tables: bool = True,
+        inference_info: Mapping[str, Any] | None = None,
+        test_inference: InferenceConfig | None = None,
     ) -> None:
         super().__init__()
         check_num_classes(check_mode(mode), num_classes)
@@ -92,6 +102,8 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.print_tables = print_tables
+        self.inference_info = None if inference_info is None else dict(inference_info)
+        self.test_inference = test_inference
         self.metric_classes = scored_classes(mode, num_classes)
         self.class_names = _class_names(class_names, self.metric_classes, mode)
         metric_type = MultilabelSegmentationMetrics if mode == MULTILABEL_MODE else SegmentationMetrics
@@ -112,6 +124,19 @@ class SegmentationModule(pl.LightningModule):
             },
             logger=False,
         )
+
+    @property
+    def test_inference(self) -> InferenceConfig | None:
+        """The test split's inferer; ``None`` for one forward pass of the padded batch (also what plain
+        whole-image inference without TTA is)."""
+        return self._test_inference
+
+    @test_inference.setter
+    def test_inference(self, config: InferenceConfig | None) -> None:
+        if config is not None and not isinstance(config, InferenceConfig):
+            got = type(config).__name__
+            raise ValueError(f"test_inference must be an InferenceConfig or None, got {got}")
+        self._test_inference = None if _single_pass(config) else config
 
     def forward(self, images: Tensor) -> Tensor:
         return self.network(images)
@@ -184,9 +209,17 @@ class SegmentationModule(pl.LightningModule):
         images = batch["image"] if isinstance(batch, Mapping) else batch
         return self.predict_classes(self(images))
 
+    def _logits(self, images: Tensor, stage: str) -> Tensor:
+        if stage != "test" or self.test_inference is None:
+            return self(images)
+        probs = predict_probabilities(
+            self.network, images, self.test_inference, activation=activation_for_mode(self.mode)
+        )
+        return logits_from_probabilities(probs.to(images.device), self.mode)
+
     def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
         images, mask = _unpack(batch, self.mode, self.num_classes)
-        logits = self(images)
+        logits = self._logits(images, stage)
         expected = (images.shape[0], self.num_classes, *mask.shape[-2:])
         if tuple(logits.shape) != expected:
             raise ValueError(
@@ -295,6 +328,8 @@ class SegmentationModule(pl.LightningModule):
         checkpoint["loss_gammas"] = {
             name: float(m.gamma) for name, m in self.loss.named_modules() if _has_float_gamma(m)
         }
+        if self.inference_info is not None:
+            checkpoint[INFERENCE_KEY] = self.inference_info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loaded_checkpoint_epoch = checkpoint.get("epoch")
@@ -302,6 +337,19 @@ class SegmentationModule(pl.LightningModule):
         for name, m in self.loss.named_modules():
             if name in gammas and _has_float_gamma(m):
                 m.gamma = gammas[name]
+
+
+def _single_pass(config: InferenceConfig | None) -> bool:
+    return config is None or (config.mode == "whole" and not config.tta)
+
+
+def logits_from_probabilities(probs: Tensor, mode: str, eps: float = 1e-7) -> Tensor:
+    """Logits whose activation gives ``probs`` back (softmax: ``log p``; sigmoid: ``log(p / (1 - p))``),
+    clamped to ``[eps, 1 - eps]`` so that they stay finite."""
+    p = probs.float().clamp(eps, 1 - eps)
+    if activation_for_mode(mode) == "softmax":
+        return p.log()
+    return p.log() - torch.log1p(-p)
 
 
 def _has_float_gamma(module: nn.Module) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "init_head_prior",
     "output_channels",
     "prior_bias",
+    "size_multiple",
 ]
 
 # Frequencies are clamped to [MIN_FREQUENCY, 1 - MIN_FREQUENCY] before the log: a class never seen in
@@ -86,6 +87,13 @@ def prior_bias(mode: str, num_classes: int, frequencies: float | Sequence[float]
         raise ValueError(f"sigmoid priors are probabilities in [0, 1], got {f.tolist()}")
     pi = f.clamp(MIN_FREQUENCY, 1 - MIN_FREQUENCY)
     return (-torch.log((1 - pi) / pi)).float()
+
+
+def size_multiple(network: nn.Module, default: int = 32) -> int:
+    """The multiple an input's H and W must be for ``network``: the encoder's output stride for smp
+    networks (``2 ** encoder_depth`` for U-Nets, 16 for dilated DeepLab encoders), else ``default``."""
+    stride = getattr(getattr(network, "encoder", None), "output_stride", None)
+    return int(stride) if isinstance(stride, int) and stride > 0 else default
 
 
 def find_head_conv(network: nn.Module, out_channels: int) -> nn.Conv2d:

@@ -23,6 +23,9 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
+from models import InferenceInfo, size_multiple
+from models.callbacks import color_palette
+from models.inference import InferenceConfig
 from runs.ranks import is_global_zero
 from seglosses import CombinedLoss
 from seglosses.checks import check_number
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "build",
     "build_callbacks",
+    "build_inference",
     "build_lightning_module",
     "build_loggers",
     "build_loss",
@@ -44,6 +48,7 @@ __all__ = [
     "check_loss_class_values",
     "check_train_batches",
     "class_weights",
+    "inference_info",
     "probe_loss",
 ]
 
@@ -211,6 +216,41 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
     return callbacks
 
 
+def inference_info(cfg: DictConfig, datamodule: SegDataModule, network: torch.nn.Module,
+                   class_names: Sequence[str]) -> InferenceInfo:
+    """What the checkpoints of this run carry for :func:`models.load_for_inference`: the network config
+    (weights from the checkpoint: no download, no prior init), labels, colours, normalisation, crop."""
+    network_config = OmegaConf.to_container(cfg.model, resolve=True)
+    network_config.update(encoder_weights=None, prior_init=False, prior=None)
+    colors = datamodule.class_colors or color_palette(datamodule.num_classes).tolist()
+    if datamodule.mode == BINARY_MODE and len(colors) == 1:  # the foreground's; background black
+        colors = [[0, 0, 0], *colors]
+    if len(colors) != len(class_names):  # binary default palette: class 0 black, class 1 red
+        colors = color_palette(len(class_names)).tolist()
+    return InferenceInfo(
+        network=network_config,
+        mode=datamodule.mode,
+        num_classes=datamodule.num_classes,
+        class_names=list(class_names),
+        class_colors=[[int(v) for v in c] for c in colors],
+        in_channels=datamodule.in_channels,
+        mean=datamodule.mean,
+        std=datamodule.std,
+        ignore_index=datamodule.ignore_index,
+        crop_size=datamodule.training_size,
+        size_multiple=size_multiple(network),
+    )
+
+
+def build_inference(node: Any, multiple: int, default_tile: Sequence[int] | None) -> InferenceConfig:
+    """The ``inference`` group's :class:`models.inference.InferenceConfig` for a network whose input must
+    be a multiple of ``multiple``; ``inference.tile: null`` becomes ``default_tile`` (the training crop)."""
+    tile = node.get("tile")
+    if tile is None and default_tile is not None:
+        tile = list(default_tile)
+    return build(node, "inference", multiple=multiple, tile=tile)
+
+
 def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Module,
                  stats: LabelStatistics) -> pl.LightningModule:
     model_cfg = cfg.model
@@ -219,7 +259,10 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
         frequencies = stats.frequencies.tolist()
     network = build(model_cfg, "model", class_frequencies=frequencies)
     scheduler = build(cfg.scheduler, "scheduler") if cfg.get("scheduler") is not None else None
-    return build(
+    test_inference = None
+    if cfg.get("inference") is not None:
+        test_inference = build_inference(cfg.inference, size_multiple(network), datamodule.training_size)
+    module = build(
         cfg.module,
         "module",
         network=network,
@@ -228,6 +271,10 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
         scheduler=scheduler,
         class_names=list(datamodule.class_names),
     )
+    # Set here, not passed to instantiate: OmegaConf would try to merge the dataclass into the config.
+    module.test_inference = test_inference
+    module.inference_info = inference_info(cfg, datamodule, network, module.class_names).to_dict()
+    return module
 
 
 def check_data(datamodule: SegDataModule) -> None:

@@ -7,6 +7,8 @@
      "last_checkpoint": ".../last.ckpt", "best_score": 0.81, "val": {...}, "test": {...}}   # fit_and_test
     {"optimized_metric": "val/mIoU", "checkpoint": "PATH", "epoch": 7, "test": {...}}      # evaluate
 
+``test_inference`` records the ``inference`` options the test split was predicted with (the same
+inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``inference.tta=[hflip]``).
 ``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
 and the ``epoch`` of the weights that were scored.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
@@ -83,8 +85,19 @@ def print_summary(record: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``inference`` options the test split was predicted with (``tile: null``: the training crop)."""
+    if cfg.get("inference") is None:
+        return None
+    options = OmegaConf.to_container(cfg.inference, resolve=True)
+    options.pop("_target_", None)
+    return options
+
+
 def _report(cfg: DictConfig, trainer: pl.Trainer, record: dict[str, Any]) -> None:
     """Global rank 0: ``metrics.json`` and the final table."""
+    if record.get("test") is not None:
+        record["test_inference"] = _inference_record(cfg)
     if trainer.is_global_zero:
         write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
         print_summary(record)

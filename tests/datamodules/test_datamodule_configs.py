@@ -75,6 +75,7 @@ def test_class_weights_none_is_null():
 # -- the keys every option shares live in conf/datamodule/common/loader.yaml -----------------------------
 COMMON = CONF_DIR / "datamodule" / "common" / "loader.yaml"
 LOADER_KEYS = {
+    "class_colors",
     "ignore_index",
     "mode",
     "in_channels",
