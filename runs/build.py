@@ -248,6 +248,14 @@ def build_inference(node: Any, multiple: int, default_tile: Sequence[int] | None
     tile = node.get("tile")
     if tile is None and default_tile is not None:
         tile = list(default_tile)
+        if any(int(v) % multiple for v in tile):
+            if node.get("mode") != "whole":
+                raise ValueError(
+                    f"inference.tile is null, so the training crop {tile} would be the tile, but it is not a "
+                    f"multiple of the network's size multiple {multiple}: set inference.tile=[h,w] (multiples "
+                    f"of {multiple})"
+                )
+            tile = None  # whole-image inference needs no tile
     return build(node, "inference", multiple=multiple, tile=tile)
 
 

@@ -241,3 +241,35 @@ def test_camvid_test_images_give_233_masks_of_their_size(tmp_path):
     for mask in masks:
         image = CAMVID / "test" / mask.name
         assert Image.open(mask).size == Image.open(image).size
+
+
+def test_binary_checkpoint_writes_thresholded_0_1_masks(tmp_path):
+    from tests.runs.test_failures import folder_overrides, write_folder_dataset
+
+    root = tmp_path / "data"
+    write_folder_dataset(root, {"train": 4, "val": 2, "test": 2})  # masks {0, 1}
+    ckpt, _ = make_checkpoint(
+        tmp_path,
+        *folder_overrides(root),
+        "datamodule.num_classes=1",
+        "datamodule.mode=binary",
+        "datamodule.class_colors=[[255,0,0]]",
+    )
+    network, info = load_for_inference(ckpt)
+    assert info.mode == "binary" and info.class_names == ["background", "class_0"]
+    assert info.class_colors == [[0, 0, 0], [255, 0, 0]]
+    path = write_image(tmp_path / "in" / "a.png", 40, 40)
+    x = normalise(np.asarray(Image.open(path)), info)
+    probs = predict_probabilities(
+        network, x, InferenceConfig(multiple=info.size_multiple), activation="sigmoid"
+    )
+    threshold = float(probs.median())  # half of the pixels on, whatever the untrained network says
+    out = tmp_path / "out"
+    predict(
+        predict_cfg(
+            ckpt, path, out, f"threshold={threshold}", "save.probabilities=float16", "inference.mode=whole"
+        )
+    )
+    mask = np.asarray(Image.open(out / "masks" / "a.png"))
+    np.testing.assert_array_equal(mask, (probs[0, 0] > threshold).numpy().astype(np.uint8))
+    assert np.load(out / "probabilities" / "a.npy").shape == (1, 40, 40)

@@ -63,3 +63,16 @@ def test_training_writes_self_contained_checkpoints_that_predict_any_size(tmp_pa
     assert Image.open(out / "masks" / "big.png").size == (75, 100)
     assert Image.open(out / "masks" / "tiny.png").size == (13, 9)
     assert json.loads((out / "summary.json").read_text())["done"] == 2
+
+
+def test_a_training_crop_that_is_no_tile_is_named_only_when_a_tile_is_needed():
+    from omegaconf import OmegaConf
+
+    from runs.build import build_inference
+
+    node = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "inference" / "default.yaml")
+    assert build_inference(node, 32, [100, 100]).tile is None  # whole: no tile needed
+    assert build_inference(node, 32, [96, 128]).tile == (96, 128)
+    node.mode = "auto"
+    with pytest.raises(ValueError, match=r"training crop \[100, 100\].*set inference.tile"):
+        build_inference(node, 32, [100, 100])
