@@ -251,9 +251,9 @@ def build_inference(node: Any, multiple: int, default_tile: Sequence[int] | None
         if any(int(v) % multiple for v in tile):
             if node.get("mode") != "whole":
                 raise ValueError(
-                    f"inference.tile is null, so the training crop {tile} would be the tile, but it is not a "
-                    f"multiple of the network's size multiple {multiple}: set inference.tile=[h,w] (multiples "
-                    f"of {multiple})"
+                    f"inference.tile is null, so the training crop {tile} would be the tile, but it is "
+                    f"not a multiple of the network's size multiple {multiple}: set inference.tile=[h,w] "
+                    f"(multiples of {multiple})"
                 )
             tile = None  # whole-image inference needs no tile
     return build(node, "inference", multiple=multiple, tile=tile)
