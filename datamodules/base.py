@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +14,23 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate, get_worker_info
 
-from seglosses.checks import check_bool, check_int, check_number
+from seglosses.checks import check_bool, check_choice, check_int, check_number
 from seglosses.distributed import distributed_world
 
 from .cache import default_cache_dir
+from .crops import ClassFocusedCrop, check_crop_focus, install_focused_crop, inverse_frequency_probs
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
 from .preflight import PreflightReport, SplitPlan, run_preflight
-from .samplers import UnpaddedDistributedSampler
+from .samplers import SAMPLINGS, RareClassSampler, UnpaddedDistributedSampler
 from .statistics import (
     DEFAULT_MAX_IGNORED_SHARE,
     LabelStatistics,
     cached_statistics,
     check_label_statistics,
 )
+
+log = logging.getLogger(__name__)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -92,6 +96,13 @@ class SegDataModule(pl.LightningDataModule):
             :meth:`check_label_statistics`; default False: stop the run).
         max_ignored_share: largest accepted share of ``ignore_index`` pixels among all training pixels
             (default 0.5; 1.0 accepts any).
+        sampling: how training images are drawn: ``"uniform"`` (a shuffled pass) or ``"rcs"``
+            (rare-class sampling, :class:`~datamodules.samplers.RareClassSampler`).
+        rcs_temperature: T of rare-class sampling, P(c) proportional to exp((1 - f_c) / T).
+        rcs_min_pixels: an image holds a class for rare-class sampling with at least this many pixels.
+        crop_focus: ``{p, class_probs}``: with probability ``p`` a training crop is centred on a pixel of
+            a class drawn with ``class_probs`` (None: inverse training-label frequency); replaces the
+            RandomCrop step of ``train_transform`` (:mod:`datamodules.crops`). None or ``p: 0``: off.
     """
 
     def __init__(
@@ -118,6 +129,10 @@ class SegDataModule(pl.LightningDataModule):
         progress: bool = True,
         allow_absent_classes: bool = False,
         max_ignored_share: float = DEFAULT_MAX_IGNORED_SHARE,
+        sampling: str = "uniform",
+        rcs_temperature: float = 0.01,
+        rcs_min_pixels: int = 3,
+        crop_focus: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.labels = LabelSpec(mode, num_classes, ignore_index)
@@ -156,6 +171,27 @@ class SegDataModule(pl.LightningDataModule):
         self.max_ignored_share = float(check_number(max_ignored_share, "datamodule.max_ignored_share", 0.0))
         if self.max_ignored_share > 1:
             raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {max_ignored_share!r}")
+        self.sampling = check_choice(sampling, "datamodule.sampling", SAMPLINGS)
+        self.rcs_temperature = float(
+            check_number(rcs_temperature, "datamodule.rcs_temperature", greater_than=0)
+        )
+        self.rcs_min_pixels = check_int(rcs_min_pixels, "datamodule.rcs_min_pixels", minimum=1)
+        if self.sampling == "rcs" and num_classes < 2:
+            raise ValueError(
+                f"datamodule.sampling=rcs draws among classes and this data has num_classes={num_classes}: "
+                "every image would hold the one class; use datamodule.crop_focus.p for foreground crops"
+            )
+        self.crop_focus = check_crop_focus(crop_focus, num_classes)
+        self.focused_crop: ClassFocusedCrop | None = None
+        if self.crop_focus.p > 0:
+            if train_transform is None:
+                raise ValueError(
+                    f"datamodule.crop_focus.p={self.crop_focus.p} needs a training pipeline with a "
+                    "RandomCrop step (datamodule.train_transform is null)"
+                )
+            self.focused_crop = install_focused_crop(
+                train_transform, self.crop_focus.p, self.labels, self.crop_focus.class_probs
+            )
         self.datasets: dict[str, SegmentationDataset] = {}
         for t in (train_transform, eval_transform):
             if hasattr(t, "set_random_seed"):
@@ -182,19 +218,62 @@ class SegDataModule(pl.LightningDataModule):
         """The data set of ``split``, built on first use."""
         if split not in self.datasets:
             self.datasets[split] = self.make_dataset(split)
+            if split == "train" and self.focused_crop is not None and self.focused_crop.class_probs is None:
+                self.focused_crop.set_class_probs(self.crop_class_probabilities())
         return self.datasets[split]
+
+    # -- sampling ---------------------------------------------------------------------------------------
+    def crop_class_probabilities(self) -> np.ndarray:
+        """(C,) q_c of the focused crops: ``crop_focus.class_probs``, else the inverse pixel frequency of
+        the training labels (:func:`~datamodules.crops.inverse_frequency_probs`)."""
+        if self.crop_focus.class_probs is not None:
+            return np.asarray(self.crop_focus.class_probs, dtype=np.float64)
+        q = inverse_frequency_probs(self.label_statistics().frequencies.numpy())
+        world = distributed_world()
+        if world is None or world[0] == 0:
+            log.info("crop_focus: p=%s, class probabilities %s", self.crop_focus.p, self._by_class(q))
+        return q
+
+    def rare_class_sampler(self, num_replicas: int = 1, rank: int = 0) -> RareClassSampler:
+        """The :class:`~datamodules.samplers.RareClassSampler` of the training split (label statistics:
+        frequencies and per-image presence, cached), seeded with ``seed``."""
+        stats = self.label_statistics()
+        size = len(self.dataset("train"))
+        if stats.num_images != size:
+            raise ValueError(
+                f"datamodule.sampling=rcs: the label statistics count {stats.num_images} training masks but "
+                f"the training split has {size} samples"
+            )
+        sampler = RareClassSampler.from_statistics(
+            stats,
+            self.rcs_temperature,
+            self.rcs_min_pixels,
+            num_replicas=num_replicas,
+            rank=rank,
+            seed=self.seed,
+        )
+        if rank == 0:
+            log.info("sampling=rcs (T=%s): class probabilities %s", self.rcs_temperature,
+                     self._by_class(sampler.class_probs))
+        return sampler
+
+    def _by_class(self, probs: np.ndarray) -> str:
+        return ", ".join(f"{n} {q:.3f}" for n, q in zip(self.class_names, probs.tolist(), strict=True))
 
     # -- loaders ----------------------------------------------------------------------------------------
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         """Shuffled training / ordered evaluation loader. Under DDP (process group initialised, as when
         Lightning asks for loaders) training uses a seeded :class:`DistributedSampler` (Lightning sets
         its epoch) and evaluation an :class:`UnpaddedDistributedSampler`, so metrics synced over the
-        processes count every sample exactly once."""
+        processes count every sample exactly once. ``sampling="rcs"`` trains with a
+        :class:`~datamodules.samplers.RareClassSampler` (each DDP process its share of one epoch plan)."""
         workers = self.num_workers
         dataset = self.dataset(split)
         sampler: Sampler | None = None
         world = distributed_world()
-        if world is not None:
+        if train and self.sampling == "rcs":
+            sampler = self.rare_class_sampler(*((world[1], world[0]) if world is not None else (1, 0)))
+        elif world is not None:
             rank, size = world
             if train:
                 sampler = DistributedSampler(dataset, size, rank, shuffle=True, seed=self.seed)

@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["cache_file", "cache_key_digest", "default_cache_dir", "read_cached", "write_cached"]
 
 #: Part of every digest: bump it when the meaning of a payload changes.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: label statistics carry per-image class counts
 
 
 def default_cache_dir() -> Path:

@@ -171,6 +171,19 @@ class LabelSpec:
         bits = (np.arange(self.num_values)[:, None] >> np.arange(self.num_classes)[None, :]) & 1
         return h @ bits, ignored
 
+    def class_mask(self, mask: np.ndarray, c: int) -> np.ndarray:
+        """Bool (H, W): the pixels of class ``c`` in a prepared mask (multiclass: value == c; binary: the
+        class is the foreground, value == 1; multilabel: bit c set), ignore_index pixels excluded."""
+        mask = np.asarray(mask)
+        if self.mode == "multiclass":
+            return mask == c
+        if self.mode == "binary":
+            return mask == 1
+        hit = ((mask.astype(np.int64) >> c) & 1).astype(bool)
+        if self.ignore_index is not None:
+            hit &= mask != self.ignore_index
+        return hit
+
     def to_target(self, mask: np.ndarray) -> Tensor:
         """(H, W) stored mask -> int64 target: (H, W), or (C, H, W) {0, 1} in multilabel mode."""
         t = torch.from_numpy(np.array(mask, dtype=np.int64))  # a copy: masks read by PIL are read-only

@@ -40,6 +40,9 @@ class LabelStatistics:
         num_images: number of masks counted.
         total_pixels: all mask pixels, ignored ones included.
         ignored_pixels: pixels equal to ignore_index.
+        image_class_counts: (num_images, C) int64, the pixels of each class in each mask, in the order
+            of the split's samples (the per-image class presence that rare-class sampling draws from:
+            :meth:`presence`); None for statistics built without it.
     """
 
     class_names: tuple[str, ...]
@@ -48,6 +51,7 @@ class LabelStatistics:
     num_images: int
     total_pixels: int
     ignored_pixels: int
+    image_class_counts: Tensor | None = None
 
     @property
     def labelled_pixels(self) -> int:
@@ -58,6 +62,12 @@ class LabelStatistics:
     def frequencies(self) -> Tensor:
         """(C,) float64 ``pixel_counts / labelled_pixels`` (sums to 1 in multiclass mode)."""
         return self.pixel_counts.to(torch.float64) / max(self.labelled_pixels, 1)
+
+    def presence(self, min_pixels: int = 1) -> Tensor:
+        """(num_images, C) bool: mask i holds at least ``min_pixels`` pixels of class c."""
+        if self.image_class_counts is None:
+            raise ValueError("these label statistics were computed without per-image class counts")
+        return self.image_class_counts >= min_pixels
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LabelStatistics) and self.to_dict() == other.to_dict()
@@ -72,6 +82,7 @@ class LabelStatistics:
             "num_images": self.num_images,
             "total_pixels": self.total_pixels,
             "ignored_pixels": self.ignored_pixels,
+            "image_class_counts": _sparse_rows(self.image_class_counts),
         }
 
     @classmethod
@@ -83,7 +94,28 @@ class LabelStatistics:
             num_images=int(d["num_images"]),
             total_pixels=int(d["total_pixels"]),
             ignored_pixels=int(d["ignored_pixels"]),
+            image_class_counts=_dense_rows(d.get("image_class_counts"), len(d["class_names"])),
         )
+
+
+def _sparse_rows(counts: Tensor | None) -> list[list[list[int]]] | None:
+    """(N, C) counts as one ``[[class, pixels], ...]`` list per image (the non-zero entries only): most
+    images hold few of the classes, so the cache stays small for data sets with many of them."""
+    if counts is None:
+        return None
+    rows = counts.tolist()
+    return [[[c, n] for c, n in enumerate(row) if n] for row in rows]
+
+
+def _dense_rows(rows: Sequence[Sequence[Sequence[int]]] | None, num_classes: int) -> Tensor | None:
+    """The inverse of :func:`_sparse_rows`."""
+    if rows is None:
+        return None
+    out = torch.zeros((len(rows), num_classes), dtype=torch.int64)
+    for i, row in enumerate(rows):
+        for c, n in row:
+            out[i, int(c)] = int(n)
+    return out
 
 
 class _CountDataset(Dataset):
@@ -113,6 +145,9 @@ def count_labels(
 ) -> LabelStatistics:
     """Count labels of ``items`` in one pass, in parallel over ``num_workers`` processes.
 
+    Besides the totals, the per-item counts are kept (:attr:`LabelStatistics.image_class_counts`, in the
+    order of ``items``, which the loader preserves for any worker count).
+
     Args:
         items: one entry per mask (a file pair, an index ...), handed to ``count_fn``.
         count_fn: picklable ``count_fn(item) -> (counts (C,) int64, ignored_pixels, total_pixels)``;
@@ -126,6 +161,7 @@ def count_labels(
     c = len(class_names)
     pixel = np.zeros(c, dtype=np.int64)
     image_pixel = np.zeros(c, dtype=np.int64)
+    per_image = np.zeros((len(items), c), dtype=np.int64)
     total = ignored = 0
     loader = DataLoader(
         _CountDataset(items, count_fn),
@@ -134,12 +170,13 @@ def count_labels(
         num_workers=num_workers,
         collate_fn=_no_collate,
     )
-    for counts, ign, tot in track(
-        loader, description=description, total=len(items), disable=not progress, transient=True
+    for i, (counts, ign, tot) in enumerate(
+        track(loader, description=description, total=len(items), disable=not progress, transient=True)
     ):
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != (c,):
             raise ValueError(f"count_fn returned counts of shape {counts.shape}, expected ({c},)")
+        per_image[i] = counts
         pixel += counts
         image_pixel += (counts > 0) * (tot - ign)
         total += int(tot)
@@ -151,6 +188,7 @@ def count_labels(
         num_images=len(items),
         total_pixels=total,
         ignored_pixels=ignored,
+        image_class_counts=torch.from_numpy(per_image),
     )
 
 
