@@ -97,7 +97,29 @@ class RunCheckpoint(ModelCheckpoint):
     are kept. A best checkpoint missing from the current directory is copied there from the saved one
     (resuming another run's ``last.ckpt`` into a new directory); one found in neither place is dropped
     with a warning, and the best is then chosen among the epochs trained from now on.
+
+    ``last.ckpt`` (``save_last=True``) is written at every checkpointing point (every validation, or every
+    training epoch when checkpointing on train epoch end). Since pytorch_lightning 2.6 ``ModelCheckpoint``
+    writes it only when a top-k checkpoint was saved at the same step, so in epochs that do not improve the
+    monitored score ``last.ckpt`` kept an older epoch and a resume repeated the epochs after it.
     """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        """``last.ckpt`` of this step when the parent saved nothing at it (no top-k improvement)."""
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+            return
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
