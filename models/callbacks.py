@@ -1,5 +1,6 @@
-"""Training callbacks: focal gamma schedule, a PNG grid of validation predictions, and a checkpoint
-callback whose run directory may be moved or copied between a run and its resume."""
+"""Training callbacks: focal gamma schedule, a PNG grid of validation predictions, a checkpoint callback
+whose run directory may be moved or copied between a run and its resume, and an EMA of the weights whose
+checkpoints are evaluated with their averaged weights."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
@@ -21,6 +23,7 @@ from seglosses.checks import check_int
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 
 __all__ = [
+    "EMAWeights",
     "GammaScheduleCallback",
     "PredictionGridCallback",
     "RunCheckpoint",
@@ -172,6 +175,33 @@ class RunCheckpoint(ModelCheckpoint):
             state["kth_best_model_path"], state["kth_value"] = "", self.kth_value
         state["best_model_path"] = best
         super().load_state_dict(state)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's :class:`~pytorch_lightning.callbacks.EMAWeightAveraging` (an exponential moving average
+    of parameters and buffers, updated after every ``update_every_n_steps``-th optimizer step; validation
+    during fitting runs on the average, checkpoints hold it as ``state_dict`` and the raw weights as
+    ``current_model_state``; fitting resumed from a checkpoint continues both), which also evaluates the
+    average outside fitting.
+
+    Lightning keeps the average of the fit after it: ``trainer.test(ckpt_path=best)`` then loads the raw
+    weights of ``current_model_state`` into the module and tests them (no swap for test), and
+    ``trainer.validate(ckpt_path=)`` only reaches the average through two swaps. Here validate, test and
+    predict drop the average and keep the module's weights: the ``state_dict`` of the checkpoint loaded,
+    i.e. its averaged weights, or the average that fitting copied into the module at its end. That is what
+    ``train=false ckpt_path=`` and ``predict.py`` (which read ``state_dict``) evaluate too.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            self._average_model = None  # no swaps: the module's weights are the average (see above)
+        super().setup(trainer, pl_module, stage)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return  # the module keeps the checkpoint's state_dict: the averaged weights
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 def _same_dir(a: str, b: str) -> bool:

@@ -7,9 +7,12 @@ key in its message: ``datamodule.root: ...`` instead of Hydra's wrapped ``Instan
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ __all__ = [
     "check_config",
     "check_data",
     "check_loss_class_values",
+    "check_mlflow_class_names",
     "check_train_batches",
     "class_weights",
     "inference_info",
@@ -205,8 +209,94 @@ def build_optimizer(cfg: DictConfig, network: torch.nn.Module) -> Any:
     return factory
 
 
+#: Loggers whose package is an optional dependency: the extra of pyproject.toml that installs it.
+LOGGER_EXTRAS = {"MLFlowLogger": "mlflow"}
+#: What Lightning's MLFlowLogger removes from metric keys (MLflow allows no other characters).
+_MLFLOW_KEY_DROPPED = re.compile(r"[^a-zA-Z0-9_/. -]+")
+
+
+def _target_name(node: Any) -> str:
+    target = node.get("_target_") if OmegaConf.is_dict(node) or isinstance(node, dict) else None
+    return str(target).rsplit(".", 1)[-1] if target else ""
+
+
+def check_mlflow_class_names(cfg: DictConfig) -> None:
+    """The per-class metric keys (``val/iou/<class>``) that MLflow will get: Lightning's MLFlowLogger drops
+    every character but letters, digits, ``_ / . -`` and space, and MLflow refuses keys that are not plain
+    relative paths; ValueError, naming ``datamodule.class_names``, when a class name would give no key, a
+    refused one, or the key of another class (the run would fail at its first validation)."""
+    names = cfg.datamodule.get("class_names")
+    if names is None:  # the data module's defaults: class_0, background, disc, ... (all valid)
+        return
+    seen: dict[str, str] = {}
+    for name in (str(n) for n in names):
+        kept = _MLFLOW_KEY_DROPPED.sub("", name)
+        key = f"val/iou/{kept}"
+        if not kept.strip() or posixpath.normpath(key) != key:
+            raise ValueError(
+                f"datamodule.class_names: class {name!r} gives the MLflow metric key {key!r}, which MLflow "
+                "refuses (keys keep only letters, digits, '_', '/', '.', '-' and spaces, and must be plain "
+                "paths); rename the class, or choose another logger"
+            )
+        if kept in seen:
+            raise ValueError(
+                f"datamodule.class_names: classes {seen[kept]!r} and {name!r} both give the MLflow metric "
+                f"key {key!r} (MLflow keeps only letters, digits, '_', '/', '.', '-' and spaces); rename one"
+            )
+        seen[kept] = name
+
+
+def _sqlite_file(node: Any) -> Path | None:
+    """The database file of an MLflow logger's ``sqlite:///PATH`` tracking URI, else None."""
+    uri = str(node.get("tracking_uri") or "")
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _creating(database: Path | None) -> Iterator[None]:
+    """Around an MLflow logger's construction, which creates its SQLite database (its tables): the folder
+    made, and the processes of a torchrun/srun job that create it at once taken one at a time (a lock
+    file next to it; POSIX)."""
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no concurrent creation to guard against there
+        yield
+        return
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
-    return [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    """The ``logger`` group's loggers (null entries skipped). A logger whose optional package is missing
+    fails with the ``pip install`` of its extra; MLflow loggers check the class names first
+    (:func:`check_mlflow_class_names`) and create their SQLite database's folder."""
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        target = _target_name(node)
+        if target == "MLFlowLogger":
+            check_mlflow_class_names(cfg)
+        try:
+            with _creating(_sqlite_file(node) if target == "MLFlowLogger" else None):
+                loggers.append(build(node, f"logger.{key}"))
+        except InstantiationException as e:
+            extra = LOGGER_EXTRAS.get(target)
+            if extra is None or not isinstance(e.__cause__, ImportError):
+                raise
+            raise ModuleNotFoundError(
+                f"logger.{key}: {target} needs a package that is not installed ({e.__cause__}); install "
+                f'the extra: pip install -e ".[{extra}]", or choose another logger (logger=default)'
+            ) from None
+    return loggers
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
