@@ -18,15 +18,17 @@ from models.inference import (
 from models.inference_checkpoint import InferenceInfo, load_for_inference, read_inference_checkpoint
 from models.metrics import (
     MultilabelSegmentationMetrics,
+    PerImageCounts,
     SegmentationMetrics,
     metric_logs,
+    per_image_counts,
     scores_from_confusion,
     scores_from_counts,
     scores_from_multilabel_confusion,
 )
 from models.module import SegmentationModule
 from models.networks import build_network, init_head_prior, output_channels, prior_bias, size_multiple
-from models.report import class_table, print_class_table, summarize
+from models.report import class_table, print_class_table, summarize, worst_images_table
 
 __all__ = [
     "CheckpointMismatchError",
@@ -34,6 +36,7 @@ __all__ = [
     "InferenceConfig",
     "InferenceInfo",
     "MultilabelSegmentationMetrics",
+    "PerImageCounts",
     "PredictionGridCallback",
     "SegmentationMetrics",
     "SegmentationModule",
@@ -48,6 +51,7 @@ __all__ = [
     "load_for_inference",
     "metric_logs",
     "output_channels",
+    "per_image_counts",
     "predict_probabilities",
     "print_class_table",
     "prior_bias",
@@ -58,4 +62,5 @@ __all__ = [
     "scores_from_multilabel_confusion",
     "size_multiple",
     "summarize",
+    "worst_images_table",
 ]

@@ -15,9 +15,16 @@ from torch.optim import Optimizer
 
 from models.inference import InferenceConfig, activation_for_mode, predict_probabilities
 from models.inference_checkpoint import INFERENCE_KEY
-from models.metrics import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
-from models.report import print_class_table, summarize
-from seglosses.checks import check_choice, check_ignore_index
+from models.metrics import (
+    MultilabelSegmentationMetrics,
+    PerImageCounts,
+    SegmentationMetrics,
+    metric_logs,
+    per_image_counts,
+)
+from models.report import print_class_table, summarize, worst_images_table
+from seglosses.checks import check_choice, check_ignore_index, check_int
+from seglosses.distributed import distributed_world
 from seglosses.modes import BINARY_MODE, MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
 
 __all__ = ["SegmentationModule"]
@@ -57,10 +64,13 @@ class SegmentationModule(pl.LightningModule):
             whole image, sliding window, flip TTA), the same inferer as ``predict.py``. ``None`` or plain
             whole-image inference without TTA: one forward pass of the padded batch. Otherwise the loss is
             computed on the logits of the blended probabilities (``log p``; sigmoid: ``log(p / (1 - p))``).
+        worst_images: rows of the table of the test images with the lowest mIoU, printed after the test's
+            per-class table (with ``print_tables``); 0: no table.
 
     Batches are dicts: ``"image"`` float (B, C_in, H, W), ``"mask"`` int64 (B, H, W) class ids with
     ``ignore_index`` intact (binary: {0, 1}; multilabel: (B, C, H, W) {0, 1} per label, ignored pixels
-    ``ignore_index`` in every channel); other keys (``"name"``) are ignored.
+    ``ignore_index`` in every channel) and, optionally, ``"name"`` (B image names: the rows of
+    ``per_image``; without it ``batch<index>_<i>``).
 
     A non-finite loss fails the run with FloatingPointError naming stage, epoch and batch: in training at
     the step, in validation/test at the end of the epoch (before the checkpoint callback saves the weights;
@@ -70,6 +80,12 @@ class SegmentationModule(pl.LightningModule):
         results: ``{"val": ..., "test": ...}``, the latest :func:`models.report.summarize` of each stage plus
             its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run);
             what the training script writes to ``metrics.json``.
+        confusion: ``{"val": ..., "test": ...}``, the confusion matrix of each stage's latest evaluation
+            (not of the sanity check), summed over DDP ranks, on the CPU, int64: (C, C) ``[true, predicted]``
+            (multilabel: (C, 2, 2) ``[[TN, FP], [FN, TP]]`` per label).
+        per_image: ``{"test": PerImageCounts}``, the per-class pixel counts of every test image
+            (:class:`models.metrics.PerImageCounts`), gathered from all DDP ranks onto every rank (each
+            image once: the evaluation samplers do not pad), rows sorted by image name.
     """
 
     def __init__(
@@ -87,6 +103,7 @@ class SegmentationModule(pl.LightningModule):
         print_tables: bool = True,
         inference_info: Mapping[str, Any] | None = None,
         test_inference: InferenceConfig | None = None,
+        worst_images: int = 5,
     ) -> None:
         super().__init__()
         check_num_classes(check_mode(mode), num_classes)
@@ -102,6 +119,7 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.print_tables = print_tables
+        self.worst_images = check_int(worst_images, "worst_images", minimum=0)
         self.inference_info = None if inference_info is None else dict(inference_info)
         self.test_inference = test_inference
         self.metric_classes = scored_classes(mode, num_classes)
@@ -111,6 +129,10 @@ class SegmentationModule(pl.LightningModule):
             {stage: metric_type(self.metric_classes, ignore_index) for stage in EVAL_STAGES}
         )
         self.results: dict[str, dict[str, Any]] = {}
+        self.confusion: dict[str, Tensor] = {}
+        self.per_image: dict[str, PerImageCounts] = {}
+        # This process's test images of the running epoch: (names, (B, C, 4) counts on the device) per batch.
+        self._image_parts: list[tuple[list[str], Tensor]] = []
         # Per evaluation stage: first non-finite loss of the epoch, on the loss's device (see _track_finite).
         self._nonfinite: dict[str, dict[str, Tensor]] = {}
         # epoch of the last checkpoint Lightning loaded into this module (fit resume, validate/test)
@@ -182,6 +204,9 @@ class SegmentationModule(pl.LightningModule):
         loss, preds, mask = self._step(batch, "test")
         self.metrics["test"].update(preds, mask)
         self._track_finite("test", loss, batch_idx)
+        counts = per_image_counts(preds, mask, self.metric_classes, self.ignore_index,
+                                  multilabel=self.mode == MULTILABEL_MODE)
+        self._image_parts.append((_batch_names(batch, batch_idx, preds.shape[0]), counts))
         return {"loss": loss, "preds": preds}
 
     def _track_finite(self, stage: str, loss: Tensor, batch_idx: int) -> None:
@@ -242,6 +267,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._nonfinite.pop("test", None)
+        self._image_parts = []
 
     def on_validation_epoch_end(self) -> None:
         self._finish_stage("val")
@@ -253,9 +279,11 @@ class SegmentationModule(pl.LightningModule):
         metric = self.metrics[stage]
         # compute() syncs the confusion matrix over DDP ranks (a collective: every rank calls it), so the
         # values are already global: logged without sync_dist.
-        scores = metric.compute()
+        matrix = metric.compute_matrix()
+        scores = metric.score(matrix)
         metric.reset()
         self._check_finite(stage)
+        per_image = self._gather_images() if stage == "test" else None  # a collective under DDP too
         logs = metric_logs(stage, scores, self.class_names)
         miou = logs.pop(f"{stage}/mIoU")
         with warnings.catch_warnings():  # Lightning's advice to sync epoch-level values does not apply here
@@ -268,11 +296,29 @@ class SegmentationModule(pl.LightningModule):
         # finished epochs and says nothing about the weights, so no epoch is reported then.
         epoch = self.current_epoch if self.trainer.state.fn == "fit" else None
         self.results[stage] = {"epoch": epoch, **summarize(scores, self.class_names)}
+        self.confusion[stage] = matrix.detach().cpu().long()
+        if per_image is not None:
+            self.per_image[stage] = per_image
         if self.print_tables and self.trainer.is_global_zero:
             title = stage if epoch is None else f"{stage} (epoch {epoch})"
-            print_class_table(
-                {k: v.cpu() for k, v in scores.items()}, self.class_names, title, console=rich.get_console()
-            )
+            console = rich.get_console()
+            cpu_scores = {k: v.cpu() for k, v in scores.items()}
+            print_class_table(cpu_scores, self.class_names, title, console=console)
+            if per_image is not None and self.worst_images > 0:
+                n = min(self.worst_images, len(per_image))
+                console.print(worst_images_table(per_image.names, per_image.scores(), self.class_names, n,
+                                                 title=f"{title}: {n} worst images by mIoU"))
+
+    def _gather_images(self) -> PerImageCounts:
+        """This epoch's per-image counts of every DDP process (``all_gather_object``: every rank calls it),
+        on the CPU, sorted by image name."""
+        parts = [(names, counts.cpu()) for names, counts in self._image_parts]
+        self._image_parts = []
+        if distributed_world() is not None:
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [part for rank_parts in gathered for part in rank_parts]
+        return PerImageCounts.merge(parts, self.metric_classes)
 
     def _check_finite(self, stage: str) -> None:
         """Raise FloatingPointError when a ``stage`` loss of the epoch was NaN/inf (on any DDP process):
@@ -400,6 +446,16 @@ def _unpack(batch: Mapping[str, Any], mode: str, num_classes: int) -> tuple[Tens
             f"expected {what} for images (B, C, H, W)"
         )
     return images, mask.long()
+
+
+def _batch_names(batch: Mapping[str, Any], batch_idx: int, size: int) -> list[str]:
+    """The batch's ``"name"`` list (``batch<batch_idx>_<i>`` when it has none)."""
+    names = batch.get("name")
+    if isinstance(names, str):
+        names = [names]
+    if names is None or len(names) != size:
+        return [f"batch{batch_idx}_{i}" for i in range(size)]
+    return [str(n) for n in names]
 
 
 def _describe(value: object) -> str:

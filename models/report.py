@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-__all__ = ["class_table", "print_class_table", "summarize"]
+__all__ = ["class_table", "print_class_table", "summarize", "worst_images", "worst_images_table"]
 
 COLUMNS = (("IoU", "iou"), ("Dice", "dice"), ("Precision", "precision"), ("Recall", "recall"))
 
@@ -33,6 +33,31 @@ def class_table(scores: dict[str, Tensor], class_names: Sequence[str], title: st
     means = [_pct(float(torch.nanmean(scores[key]))) for _, key in COLUMNS]
     # no share in the mean row: a sum of per-label shares (multilabel) is not a share of the pixels
     table.add_row("mean", *means, "", style="bold")
+    return table
+
+
+def worst_images(names: Sequence[str], miou: Tensor, n: int) -> list[int]:
+    """Indices of the (at most) ``n`` images with the lowest ``miou`` (N,), lowest first, ties by name;
+    images whose mIoU is NaN (no class scored) are left out."""
+    values = miou.tolist()
+    scored = [i for i, v in enumerate(values) if not math.isnan(v)]
+    return sorted(scored, key=lambda i: (values[i], str(names[i])))[: max(n, 0)]
+
+
+def worst_images_table(names: Sequence[str], scores: dict[str, Tensor], class_names: Sequence[str], n: int,
+                       title: str = "") -> Table:
+    """Rich table of the :func:`worst_images` by mIoU: rank, image name, mIoU, mDice (%) and the image's
+    class of lowest IoU. ``scores``: per-image scores, (N, C) ``iou`` and (N,) ``mIoU``, ``mDice``
+    (:meth:`models.metrics.PerImageCounts.scores`)."""
+    table = Table(title=title)
+    for header in ("#", "Image", "mIoU", "mDice", "Lowest IoU"):
+        table.add_column(header, justify="left" if header in ("Image", "Lowest IoU") else "right")
+    iou = scores["iou"]
+    for rank, i in enumerate(worst_images(names, scores["mIoU"], n), start=1):
+        row = torch.nan_to_num(iou[i].double(), nan=math.inf)
+        c = int(row.argmin())
+        means = (_pct(float(scores["mIoU"][i])), _pct(float(scores["mDice"][i])))
+        table.add_row(str(rank), str(names[i]), *means, f"{class_names[c]} {_pct(float(iou[i, c]))}")
     return table
 
 

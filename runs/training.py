@@ -10,7 +10,11 @@
 ``test_inference`` records the ``inference`` options the test split was predicted with (the same
 inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``inference.tta=[hflip]``).
 ``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
-and the ``epoch`` of the weights that were scored.
+and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation files written
+next to it (:mod:`runs.evaluation`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
+validation epoch; not with ``train=false``) and ``confusion_test.csv``/``.png``. The loggers get the
+heatmaps (TensorBoard: images ``confusion/<split>``) and, where they keep files (MLflow), every file
+(:mod:`runs.tracking`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import LightningModule
 from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
@@ -37,6 +42,8 @@ from runs.build import (
     check_train_batches,
 )
 from runs.ddp import ddp_job
+from runs.evaluation import write_evaluation_outputs
+from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
 
 log = logging.getLogger(__name__)
@@ -94,13 +101,27 @@ def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
     return options
 
 
-def _report(cfg: DictConfig, trainer: pl.Trainer, record: dict[str, Any]) -> None:
-    """Global rank 0: ``metrics.json`` and the final table."""
+def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, record: dict[str, Any]) -> None:
+    """Global rank 0: the evaluation files of the splits in ``record`` (:mod:`runs.evaluation`),
+    ``metrics.json``, the final table; the heatmaps and files to the loggers."""
     if record.get("test") is not None:
         record["test_inference"] = _inference_record(cfg)
-    if trainer.is_global_zero:
-        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
-        print_summary(record)
+    if not trainer.is_global_zero:
+        return
+    out = Path(cfg.paths.output_dir)
+    splits = [s for s in ("val", "test") if record.get(s) is not None and s in module.confusion]
+    epochs = {s: record[s].get("epoch") for s in splits}
+    per_image = module.per_image.get("test") if "test" in splits else None
+    written = write_evaluation_outputs(out, module.class_names, {s: module.confusion[s] for s in splits},
+                                       per_image, epochs)
+    record["outputs"] = {key: path.name for key, path in written.items()}
+    write_metrics(out / "metrics.json", record)
+    print_summary(record)
+    for split in splits:
+        png = written[f"confusion_{split}_png"]
+        log_figure(trainer.loggers, f"confusion/{split}", png, step=epochs[split])
+    files = [out / "metrics.json", *(p for key, p in written.items() if not key.endswith("_png"))]
+    log_files(trainer.loggers, files)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -112,7 +133,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     record.update(checkpoint=str(cfg.ckpt_path), epoch=trained.epoch)
     trainer.test(trained.module, datamodule=trained.datamodule, verbose=False)
     record["test"] = _with_epoch(trained.module.results.get("test"), trained.epoch)
-    _report(cfg, trainer, record)
+    _report(cfg, trainer, trained.module, record)
     return record
 
 
@@ -161,7 +182,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         record["test"] = _with_epoch(module.results.get("test"), epoch)
-    _report(cfg, trainer, record)
+    _report(cfg, trainer, module, record)
     return record
 
 
