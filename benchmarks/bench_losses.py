@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from memory import peak_bytes, sync
 from torch import Tensor
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -235,11 +236,6 @@ def build_cases(num_classes: int) -> list[tuple[str, str, str, Callable[[], Loss
     ]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step(fn: LossFn, x: Tensor, y: Tensor) -> None:
     x.grad = None
     fn(x, y).backward()
@@ -257,10 +253,10 @@ def time_cases(
         if round_ >= 3 and time.perf_counter() - start > budget_s:
             break
         for name, fn in fns.items():
-            _sync(x.device)
+            sync(x.device)
             t0 = time.perf_counter()
             step(fn, x, y)
-            _sync(x.device)
+            sync(x.device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -268,31 +264,7 @@ def time_cases(
 def peak_memory(fn: LossFn, x: Tensor, y: Tensor) -> int | None:
     """Bytes allocated during one forward+backward above the allocation level before it."""
     x.grad = None
-    if x.device.type == "cuda":
-        _sync(x.device)
-        before = torch.cuda.memory_allocated(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        step(fn, x, y)
-        _sync(x.device)
-        return torch.cuda.max_memory_allocated(x.device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(fn, x, y)
-    allocations: list[tuple[int, int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        extra = event.extra_fields
-        if type(extra).__name__ == "_ExtraFields_Allocation":
-            allocations.append((event.start_time_ns, extra.alloc_size, extra.total_allocated))
-        stack.extend(event.children)
-    if not allocations:
-        return None
-    allocations.sort()
-    _, first_size, first_total = allocations[0]
-    baseline = first_total - first_size  # running total before the first recorded event (0 in practice)
-    return max(0, max(total for _, _, total in allocations) - baseline)
+    return peak_bytes(lambda: step(fn, x, y), x.device)[0]
 
 
 def run_size(size: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> list[Result]:

@@ -61,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from memory import peak_bytes, sync
 from torch import Tensor, nn
 
 from models.inference import InferenceConfig, predict_probabilities, tile_starts
@@ -79,38 +80,9 @@ class Case:
     error: str | None = None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_memory(fn: Callable[[Tensor], Tensor], x: Tensor, device: torch.device) -> tuple[int | None, Tensor]:
     """(bytes allocated during one pass above the level before it, the pass's output)."""
-    if device.type == "cuda":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn(x)
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before, out
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn(x)
-    allocations: list[tuple[int, int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        extra = event.extra_fields
-        if type(extra).__name__ == "_ExtraFields_Allocation":
-            allocations.append((event.start_time_ns, extra.alloc_size, extra.total_allocated))
-        stack.extend(event.children)
-    if not allocations:
-        return None, out
-    allocations.sort()
-    _, first_size, first_total = allocations[0]
-    baseline = first_total - first_size  # running total before the first recorded event
-    return max(0, max(total for _, _, total in allocations) - baseline), out
+    return peak_bytes(lambda: fn(x), device)
 
 
 def run_cases(cases: list[Case], x: Tensor, repeats: int, device: torch.device,
@@ -136,10 +108,10 @@ def run_cases(cases: list[Case], x: Tensor, repeats: int, device: torch.device,
             if case.error:
                 continue
             print(f"  round {round_ + 1}/{repeats}: {case.name} ...", file=sys.stderr, flush=True)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             out = case.fn(x)
-            _sync(device)
+            sync(device)
             case.times.append(time.perf_counter() - t0)
             del out
     return kept

@@ -32,7 +32,14 @@ from torch.autograd.function import FunctionCtx
 
 from seglosses._inputs import Prepared, check_reduction, prepare
 from seglosses._overlap import class_weights_of
-from seglosses._shared import ClassValues, first_order_only, option_values, options_repr, pixel_chunk
+from seglosses._shared import (
+    ClassValues,
+    first_order_only,
+    option_values,
+    options_repr,
+    pixel_chunk,
+    set_class_values,
+)
 from seglosses.checks import check_bool, check_choice, check_ignore_index
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
 
@@ -388,7 +395,7 @@ class LovaszLoss(nn.Module):
         torch.Size([])
     """
 
-    class_weights: Tensor | None
+    class_weights: Tensor | float | None
 
     def __init__(
         self,
@@ -409,9 +416,7 @@ class LovaszLoss(nn.Module):
         self.ignore_index = ignore_index
         self.from_logits = from_logits
         self.reduction = reduction
-        if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=torch.float32).detach().clone()
-        self.register_buffer("class_weights", class_weights, persistent=False)
+        set_class_values(self, "class_weights", class_weights)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return lovasz_loss(input, target, **option_values(self, (*_OPTIONS, "class_weights")))

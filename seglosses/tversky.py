@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from seglosses._inputs import check_reduction, prepare
 from seglosses._overlap import class_weights_of, overlap_sums, reduce_per_class
-from seglosses._shared import ClassValues, hinted, option_values, options_repr
+from seglosses._shared import ClassValues, hinted, option_values, options_repr, set_class_values
 from seglosses.checks import check_bool, check_ignore_index, check_number
 from seglosses.modes import check_mode
 
@@ -200,7 +200,7 @@ class TverskyLoss(nn.Module):
         True
     """
 
-    class_weights: Tensor | None
+    class_weights: Tensor | float | None
 
     def __init__(
         self,
@@ -231,9 +231,7 @@ class TverskyLoss(nn.Module):
         self.from_logits = from_logits
         self.reduction = reduction
         self.sync_ddp = sync_ddp
-        if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=torch.float32).detach().clone()
-        self.register_buffer("class_weights", class_weights, persistent=False)
+        set_class_values(self, "class_weights", class_weights)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return tversky_loss(input, target, **option_values(self, (*_OPTIONS, "class_weights")))

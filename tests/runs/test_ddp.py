@@ -27,20 +27,15 @@ from runs.jobs import run_job
 from seglosses import DiceLoss
 from seglosses.combined import _DICE_PLAIN, CombinedLoss
 from seglosses.focal import FocalLoss
+from tests.overrides import SMALL_UNET, SYNTHETIC_ODD
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
 
-# 8 train images; 5 val/test images: an odd count that DistributedSampler would pad with a repeated image.
 TINY = [
-    "datamodule.image_size=[32,32]",
-    "datamodule.num_train=8",
-    "datamodule.num_val=5",
-    "datamodule.num_test=5",
-    "datamodule.batch_size=2",
+    *SYNTHETIC_ODD,
+    *SMALL_UNET,
     "datamodule.progress=false",
-    "model.encoder_depth=3",
-    "model.arch.decoder_channels=[32,16,8]",
     "callbacks.rich_progress_bar=null",
     "callbacks.rich_model_summary=null",
     "trainer.enable_progress_bar=false",

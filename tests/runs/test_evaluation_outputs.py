@@ -32,7 +32,7 @@ from runs.evaluation import (
     write_per_image_csv,
 )
 from runs.tracking import log_figure, log_files
-from tests.overrides import QUIET, SMALL_UNET
+from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_ODD
 
 ROOT = Path(__file__).resolve().parents[2]
 IGNORE = 255
@@ -183,15 +183,10 @@ def test_log_figure_sends_the_png_to_tensorboard_even_after_the_logger_finished(
 
 # ---- train.py end to end -----------------------------------------------------------------------------------
 
-# 8 train images, 5 val/test images (an odd count: a padding sampler would repeat one under DDP), batch 2.
 TINY = [
     *SMALL_UNET,
     *QUIET,
-    "datamodule.image_size=[32,32]",
-    "datamodule.num_train=8",
-    "datamodule.num_val=5",
-    "datamodule.num_test=5",
-    "datamodule.batch_size=2",
+    *SYNTHETIC_ODD,
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
 ]
