@@ -13,10 +13,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from runs.errors import one_line_errors
 from runs.exporting import export
 
 
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     result = export(cfg)
     print(f"exported {result.model} (+ {result.sidecar.name}); check on {result.check_shape}: "

@@ -15,10 +15,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from runs.errors import one_line_errors
 from runs.predicting import predict
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     summary = predict(cfg)
     if summary.skipped:

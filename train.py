@@ -26,11 +26,13 @@ import hydra
 from omegaconf import DictConfig
 
 from runs.ddp import prepare_argv
+from runs.errors import one_line_errors
 from runs.jobs import run_job
 from runs.training import run
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
     # Timed, recorded in job_status.json; in a -m sweep a failing job returns None and the sweep goes on.
     return run_job(run, cfg)

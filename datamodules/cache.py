@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from safeio import write_text
 
 __all__ = ["cache_file", "cache_key_digest", "default_cache_dir", "read_cached", "write_cached"]
 
@@ -59,14 +60,6 @@ def read_cached(cache_dir: str | Path, prefix: str, key: Mapping[str, Any]) -> d
 def write_cached(
     cache_dir: str | Path, prefix: str, key: Mapping[str, Any], payload: Mapping[str, Any]
 ) -> None:
-    """Store ``payload`` for ``key`` atomically (temporary file + ``os.replace``)."""
-    path = cache_file(cache_dir, prefix, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"digest": cache_key_digest(key), "payload": dict(payload)}, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Store ``payload`` for ``key`` atomically (:func:`safeio.write_text`)."""
+    record = {"digest": cache_key_digest(key), "payload": dict(payload)}
+    write_text(cache_file(cache_dir, prefix, key), json.dumps(record, indent=1))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from safeio import write_json
 
 from .statistics import LabelStatistics
 
@@ -116,9 +117,5 @@ def compute_class_weights(
     if show:
         print_class_weights(stats, weights, title=title)
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "class_weights.json").write_text(
-            json.dumps(class_weights_record(stats, weights, method), indent=2)
-        )
+        write_json(Path(output_dir) / "class_weights.json", class_weights_record(stats, weights, method))
     return weights

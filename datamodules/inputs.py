@@ -3,6 +3,7 @@ its outputs mirror."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,48 @@ def _output_names(paths: list[Path], base: Path | None) -> list[Path]:
     return unique
 
 
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def _walk_folder(source: Path, exts: tuple[str, ...], exclude: Path | None) -> tuple[list[Path], list[Path]]:
+    """Image files and other files under ``source``, sorted; hidden files and folders and everything
+    inside ``exclude`` are skipped (the folders are not even entered)."""
+    paths: list[Path] = []
+    ignored: list[Path] = []
+    for folder, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(Path(folder) / d, exclude))
+        for name in sorted(files):
+            p = Path(folder) / name
+            if not name.startswith(".") and p.is_file():
+                (paths if p.suffix.lower() in exts else ignored).append(p)
+    return sorted(paths), sorted(ignored)
+
+
+def _read_list_file(source: Path, exclude: Path | None) -> list[Path]:
+    paths = []
+    for number, line in enumerate(source.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = Path(line.split()[0]).expanduser()
+        p = p if p.is_absolute() else source.parent / p
+        if _inside(p, exclude):
+            raise ValueError(
+                f"input list file {source}, line {number}: {p} lies inside the output folder {exclude}; "
+                "predictions are never read back as input: list the original images, or choose another "
+                "output=DIR"
+            )
+        paths.append(p)
+    if not paths:
+        raise ValueError(f"input list file {source} lists no images (one path per line)")
+    return paths
+
+
 def list_inputs(
-    source: str | Path, image_extensions: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS
+    source: str | Path,
+    image_extensions: tuple[str, ...] = DEFAULT_IMAGE_EXTENSIONS,
+    exclude: str | Path | None = None,
 ) -> InputListing:
     """The images of ``source``: an image file; a folder, searched recursively (hidden files and folders
     skipped, extensions compared case-insensitively, sorted); or a list file (``.txt``/``.lst``/``.list``:
@@ -61,24 +102,30 @@ def list_inputs(
     blank lines and ``#`` comments skipped). Listed paths are kept even if missing or unreadable: the
     prediction reports and skips them.
 
+    ``exclude`` (the prediction's output folder) and everything under it is never an input: a folder
+    listing skips it, also when it lies inside ``source``; a list file or a ``source`` inside it is refused.
+
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: no image in it (the message says what was found instead).
+        ValueError: no image in it (the message says what was found instead), or an input inside
+            ``exclude``.
     """
     source = Path(source).expanduser()
     exts = tuple(e.lower() for e in image_extensions)
+    excluded = None if exclude is None else Path(exclude).expanduser().resolve()
     if not source.exists():
         raise FileNotFoundError(
             f"input {source} does not exist (input={source}): give an image, a folder or a list file"
         )
+    if _inside(source, excluded):
+        raise ValueError(
+            f"input {source} lies inside the output folder {excluded}: predictions are never read back as "
+            "input; choose another output=DIR"
+        )
     ignored: list[Path] = []
     if source.is_dir():
-        paths, base = [], source
-        for p in sorted(source.rglob("*")):
-            rel = p.relative_to(source)
-            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-                continue
-            (paths if p.suffix.lower() in exts else ignored).append(p)
+        base = source
+        paths, ignored = _walk_folder(source, exts, excluded)
         if not paths:
             extra = (
                 f"; it holds {len(ignored)} other files, e.g. {ignored[0].name}" if ignored else " (empty)"
@@ -86,14 +133,7 @@ def list_inputs(
             raise ValueError(f"input folder {source} has no image files with extensions {list(exts)}{extra}")
     elif source.suffix.lower() in LIST_EXTENSIONS:
         base = source.parent
-        paths = []
-        for line in source.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                p = Path(line.split()[0]).expanduser()
-                paths.append(p if p.is_absolute() else base / p)
-        if not paths:
-            raise ValueError(f"input list file {source} lists no images (one path per line)")
+        paths = _read_list_file(source, excluded)
     else:
         paths, base = [source], None
     return InputListing(

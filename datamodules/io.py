@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from safeio import atomic_path
+
 _MASK_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I", "1")
 _IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 #: Mask file extensions of lossy formats (compared lower-case); WebP is lossy or lossless per file.
@@ -197,8 +199,6 @@ def read_image_converted(path: str | Path, in_channels: int) -> tuple[np.ndarray
 def write_index_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Sequence[int]] | None) -> None:
     """Write a (H, W) index mask as PNG: 8-bit palette image with ``palette`` (one [R, G, B] per index) when
     the values fit in 8 bits, else 16-bit grayscale (no palette)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if mask.max(initial=0) < 256:
         img = Image.fromarray(mask.astype(np.uint8), mode="P")
         if palette is not None:
@@ -206,11 +206,11 @@ def write_index_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Seque
             img.putpalette(flat + [0] * (256 * 3 - len(flat)))
     else:
         img = Image.fromarray(mask.astype(np.uint16))
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp)
 
 
 def write_rgb(path: str | Path, image: np.ndarray) -> None:
     """Write a uint8 (H, W, 3) image (PNG or JPEG by the extension)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp)

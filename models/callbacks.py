@@ -19,8 +19,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from safeio import atomic_path
 from seglosses.checks import check_int
 from seglosses.focal import CrossEntropyLoss, FocalLoss
+from seglosses.modes import BINARY_MODE, MULTILABEL_MODE
 
 __all__ = [
     "EMAWeights",
@@ -28,6 +30,8 @@ __all__ = [
     "PredictionGridCallback",
     "RunCheckpoint",
     "color_palette",
+    "default_class_colors",
+    "flag_palette",
     "focal_terms",
     "label_flags",
     "render_grid",
@@ -226,6 +230,24 @@ def color_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
+def flag_palette(num_labels: int) -> np.ndarray:
+    """The colours of multilabel bit-flag values ``sum_c 2**c`` (masks and grids): :func:`color_palette`
+    over every flag value (at most 256 entries: 8 labels fit an 8-bit palette PNG)."""
+    return color_palette(min(2**num_labels, 256))
+
+
+def default_class_colors(mode: str, num_classes: int) -> list[list[int]]:
+    """One colour per name of the scored classes, the colours the prediction grids draw them in: multiclass
+    the palette of the class ids; binary ``[background, foreground]`` black and the palette's colour 1
+    (red); multilabel label c the colour of its flag ``2**c`` (no label is black: every one shows)."""
+    if mode == BINARY_MODE:
+        return color_palette(2).tolist()
+    if mode == MULTILABEL_MODE:
+        palette = color_palette(2 ** (num_classes - 1) + 1)
+        return [palette[2**c].tolist() for c in range(num_classes)]
+    return color_palette(num_classes).tolist()
+
+
 IGNORE_COLOR = (255, 255, 255)
 GAP = 2
 HEADER = 14
@@ -386,6 +408,6 @@ class PredictionGridCallback(pl.Callback):
             images, masks, preds, num_classes, getattr(dm, "mean", None), getattr(dm, "std", None)
         )
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "predictions")
-        folder.mkdir(parents=True, exist_ok=True)
         self.last_path = folder / f"val_epoch{trainer.current_epoch:03d}.png"
-        grid.save(self.last_path)
+        with atomic_path(self.last_path) as tmp:
+            grid.save(tmp)

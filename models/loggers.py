@@ -10,50 +10,56 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_warn
 
+from safeio import atomic_path
+
 __all__ = ["ResumableCSVLogger"]
 
 
 class _HistoryWriter(ExperimentWriter):
-    """Lightning's CSV writer, which deletes an existing ``metrics.csv`` when it is created. This one decides
-    at its first save instead: when its logger was told to keep the history (``keep_until_epoch`` set), the
-    file's rows of the epochs up to ``keep_until_epoch`` (and its columns) stay and the new rows are
-    appended; else the file is deleted, as Lightning does."""
+    """Lightning's CSV writer, which deletes an existing ``metrics.csv`` when it is created and appends to
+    the file in place. This one decides at its first save instead: when its logger was told to keep the
+    history (``keep_until_epoch`` set), the file's rows of the epochs up to ``keep_until_epoch`` (and its
+    columns) stay and the new rows follow; else the earlier file is replaced, as Lightning does. Every save
+    rewrites the whole file atomically (:func:`safeio.atomic_path`), so a full disk or an interrupt never
+    leaves a truncated ``metrics.csv``."""
 
     def __init__(self, log_dir: str, logger: ResumableCSVLogger) -> None:
         self._logger = logger
         self.settled = False
+        self._rows: list[dict[str, Any]] = []
         super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:
         """Deferred to the first :meth:`save` (Lightning creates the writer before a resume is known)."""
 
     def save(self) -> None:
-        if self.metrics and not self.settled:
+        if not self.metrics:
+            return
+        if not self.settled:
             self._settle()
-        super().save()
+        self._record_new_keys()
+        self._rows += self.metrics
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        self.metrics = []
 
     def _settle(self) -> None:
         self.settled = True
         until = self._logger.keep_until_epoch
-        if until is None:
-            if self._fs.isfile(self.metrics_file_path):
-                rank_zero_warn(
-                    f"{self.metrics_file_path} of an earlier run is replaced (a run resumed with ckpt_path= "
-                    "keeps its rows)"
-                )
-                self._fs.rm_file(self.metrics_file_path)
-            return
         if not self._fs.isfile(self.metrics_file_path):
+            return
+        if until is None:
+            rank_zero_warn(
+                f"{self.metrics_file_path} of an earlier run is replaced (a run resumed with ckpt_path= "
+                "keeps its rows)"
+            )
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
             reader = csv.DictReader(file)
-            keys = list(reader.fieldnames or [])
-            rows = [row for row in reader if _row_epoch(row) is None or _row_epoch(row) <= until]
-        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.metrics_keys = keys  # new columns are added to these (the file is rewritten then)
+            self.metrics_keys = list(reader.fieldnames or [])  # new columns are added to these
+            self._rows = [row for row in reader if _row_epoch(row) is None or _row_epoch(row) <= until]
 
 
 def _row_epoch(row: dict[str, Any]) -> float | None:

@@ -27,8 +27,10 @@ from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from models import InferenceInfo, size_multiple
-from models.callbacks import color_palette
+from models.callbacks import default_class_colors
 from models.inference import InferenceConfig
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.graceful_stop import GracefulStop
 from runs.ranks import is_global_zero
 from seglosses import CombinedLoss
 from seglosses.checks import check_number
@@ -312,11 +314,9 @@ def inference_info(cfg: DictConfig, datamodule: SegDataModule, network: torch.nn
     (weights from the checkpoint: no download, no prior init), labels, colours, normalisation, crop."""
     network_config = OmegaConf.to_container(cfg.model, resolve=True)
     network_config.update(encoder_weights=None, prior_init=False, prior=None)
-    colors = datamodule.class_colors or color_palette(datamodule.num_classes).tolist()
-    if datamodule.mode == BINARY_MODE and len(colors) == 1:  # the foreground's; background black
-        colors = [[0, 0, 0], *colors]
-    if len(colors) != len(class_names):  # binary default palette: class 0 black, class 1 red
-        colors = color_palette(len(class_names)).tolist()
+    colors = default_class_colors(datamodule.mode, datamodule.num_classes)
+    if datamodule.class_colors is not None:  # binary: the foreground's, on the default background
+        colors = colors[: len(class_names) - len(datamodule.class_colors)] + datamodule.class_colors
     return InferenceInfo(
         network=network_config,
         mode=datamodule.mode,
@@ -399,10 +399,14 @@ def build_lightning_module(cfg: DictConfig, datamodule: SegDataModule) -> pl.Lig
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """The trainer of ``cfg`` with its callbacks and loggers (which get the resolved config as
-    hyperparameters)."""
+    hyperparameters), checkpoints written atomically (:class:`runs.checkpoint_io.AtomicCheckpointIO`) and
+    Ctrl+C/SIGTERM turned into a clean stop (:class:`runs.graceful_stop.GracefulStop`)."""
     loggers = build_loggers(cfg)
+    callbacks = [*build_callbacks(cfg, bool(loggers)), GracefulStop()]
+    # +trainer.plugins=... of the user replace ours (Lightning takes one checkpoint IO plugin)
+    plugins = {} if cfg.trainer.get("plugins") is not None else {"plugins": [AtomicCheckpointIO()]}
     trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=build_callbacks(cfg, bool(loggers)), logger=loggers or False
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -28,6 +28,7 @@ import numpy as np
 from torch import Tensor
 
 from models.metrics import PerImageCounts
+from safeio import atomic_path
 
 __all__ = [
     "ANNOTATE_MAX",
@@ -73,9 +74,7 @@ def write_per_image_csv(path: str | Path, per_image: PerImageCounts, class_names
     iou, dice = scores["iou"].tolist(), scores["dice"].tolist()
     miou, mdice = scores["mIoU"].tolist(), scores["mDice"].tolist()
     target, pred = per_image.target_pixels().tolist(), per_image.pred_pixels().tolist()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(per_image_columns(class_names))
         for i, name in enumerate(per_image.names):
@@ -95,9 +94,7 @@ def write_confusion_csv(path: str | Path, matrix: Tensor | np.ndarray, class_nam
         raise ValueError(f"confusion matrix must be (C, C) or (C, 2, 2), got {m.shape}")
     if m.shape[0] != len(names):
         raise ValueError(f"{m.shape[0]} classes in the matrix but {len(names)} names given")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         if multilabel:
             writer.writerow(["label", *MULTILABEL_COLUMNS])
@@ -168,9 +165,8 @@ def plot_confusion(path: str | Path, matrix: Tensor | np.ndarray, class_names: S
         image = _heatmap(ax, norm, names, ylabels, annotate=len(names) <= ANNOTATE_MAX)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
         ax.set_title(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def write_evaluation_outputs(

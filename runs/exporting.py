@@ -13,7 +13,6 @@ The check runs the exported model on a random input of a batch and size other th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from models import InferenceInfo, load_for_inference
 from models.inference import activation_for_mode
+from safeio import atomic_path, write_json
 from seglosses.checks import check_choice, check_int, check_number
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,19 @@ def _sizes(info: InferenceInfo, size: Any) -> tuple[tuple[int, int], tuple[int, 
 def _export_onnx(network: nn.Module, example: Tensor, path: Path, opset: int | None) -> None:
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": int(opset)}
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per deduplicated initializer
-    torch.onnx.export(
-        network,
-        (example,),
-        str(path),
-        dynamo=True,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
-        external_data=False,  # one file (smp networks are far below ONNX's 2 GB protobuf limit)
-        verbose=False,
-        **kwargs,
-    )
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            network,
+            (example,),
+            str(tmp),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
+            external_data=False,  # one file (smp networks are far below ONNX's 2 GB protobuf limit)
+            verbose=False,
+            **kwargs,
+        )
 
 
 def _run_onnx(path: Path, x: Tensor) -> np.ndarray:
@@ -91,7 +92,8 @@ def _run_onnx(path: Path, x: Tensor) -> np.ndarray:
 
 def _export_torchscript(network: nn.Module, example: Tensor, path: Path) -> None:
     traced = torch.jit.trace(network, example, check_trace=False)
-    traced.save(str(path))
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
 
 
 def _run_torchscript(path: Path, x: Tensor) -> np.ndarray:
@@ -167,7 +169,7 @@ def export_network(
             "passed": worst <= atol,
         },
     }
-    sidecar.write_text(json.dumps(record, indent=2))
+    write_json(sidecar, record)
     if worst > atol:
         raise ExportCheckError(
             f"{path}: the exported model differs from the PyTorch network by up to {max_abs:.3g} on a "

@@ -14,19 +14,26 @@ returns normally after a failure, so SLURM accounts the task as COMPLETED; the f
 exits 1. A task killed by SLURM (time limit, out of memory) makes submitit raise in the submitting process:
 Hydra stops there with exit status 1 and no summary (``python -m runs.summary SWEEP_DIR`` writes it).
 
-``job_status.json`` (written by global rank 0 only)::
+Ctrl+C and SIGTERM (:mod:`runs.stop_signals`): the job is recorded as ``"interrupted"`` with the signal,
+the epochs done, the checkpoint written at the stop and the command that resumes it, which is also printed.
+A single run then exits with 130 (SIGINT) or 143 (SIGTERM). In a sweep the remaining jobs are recorded as
+``"skipped"`` without running, and the sweep summary exits with the same status.
 
-    {"status": "running" | "ok" | "failed", "error": "ValueError: ...", "traceback": "...last lines...",
-     "return_value": 0.81, "wall_time_s": 12.3, "started": "2024-...", "finished": "2024-..."}
+``job_status.json`` (written by global rank 0 only, atomically)::
 
-A job that was killed (out of memory, time limit) stays at ``"running"``.
+    {"status": "running" | "ok" | "failed" | "interrupted" | "skipped", "error": "ValueError: ...",
+     "traceback": "...last lines...", "return_value": 0.81, "wall_time_s": 12.3,
+     "started": "2024-...", "finished": "2024-...",
+     "signal": "SIGTERM", "epochs_done": 3, "last_checkpoint": ".../last.ckpt", "resume": "python ..."}
+
+A job that was killed (SIGKILL, out of memory) stays at ``"running"``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
+import shlex
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -39,6 +46,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runs.ranks import is_global_zero
+from runs.stop_signals import RunInterrupted, exit_status, handle_stop_signals, signal_name
+from safeio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +68,45 @@ def _now() -> str:
 
 def write_status(output_dir: Path, record: dict[str, Any]) -> None:
     """Write ``record`` as ``output_dir/job_status.json`` (global rank 0 only; NaN/inf written as null)."""
+    if is_global_zero():
+        write_json(output_dir / STATUS_FILE, record)
+
+
+#: The signal that interrupted a job of this process's sweep: the jobs after it are skipped.
+_sweep_interrupted: dict[str, int] = {}
+
+
+def resume_command(output_dir: Path, checkpoint: str) -> str:
+    """The command line that resumes the running Hydra job from ``checkpoint`` in ``output_dir``: the
+    job's own overrides (in a sweep: this job's values), with ``ckpt_path`` and ``hydra.run.dir`` set."""
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if o.lstrip("+~").split("=", 1)[0] not in ("ckpt_path", "hydra.run.dir")]
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train.py"
+    words = ["python", script, *overrides, f"ckpt_path={checkpoint}", f"hydra.run.dir={output_dir}"]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _interrupted(output_dir: Path, record: dict[str, Any], stop: RunInterrupted) -> None:
+    """Record the interrupted job and say how to resume it (stderr)."""
+    record.update(status="interrupted", signal=signal_name(stop.signum), aborted=stop.aborted,
+                  epochs_done=stop.epochs_done, last_checkpoint=stop.last_checkpoint)
+    if stop.last_checkpoint is None and (output_dir / "checkpoints" / "last.ckpt").is_file():
+        record["last_checkpoint"] = str(output_dir / "checkpoints" / "last.ckpt")
+    if record["last_checkpoint"] is not None:
+        record["resume"] = resume_command(output_dir, record["last_checkpoint"])
+    write_status(output_dir, record)
     if not is_global_zero():
         return
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / STATUS_FILE).write_text(json.dumps(clean, indent=2, allow_nan=False))
+    done = "" if stop.epochs_done is None else f" after {stop.epochs_done} complete epoch(s)"
+    lines = [f"run interrupted by {record['signal']}{done}; recorded in {output_dir / STATUS_FILE}"]
+    if record.get("resume"):
+        lines += ["resume with:", record["resume"]]
+    else:
+        lines.append("no checkpoint was written: start the run again")
+    sys.stdout.flush()
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -81,13 +124,29 @@ def run_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> floa
     Returns what ``task`` returns. When ``task`` raises: in a multirun job the error is logged and recorded
     and None is returned (the sweep goes on; the Optuna sweeper counts the trial as failed: it needs a value
     that is not a number, NaN would end the whole search); in a single run the exception propagates.
+    When the job is interrupted (:class:`runs.stop_signals.RunInterrupted`) it is recorded with its resume
+    command and ``SystemExit(130 | 143)`` is raised in a single run; in a sweep None is returned and the
+    later jobs of the sweep are skipped.
     """
     output_dir = _output_dir(cfg)
     started, start = _now(), time.perf_counter()
     record: dict[str, Any] = {"status": "running", "started": started}
+    if _sweep_interrupted:
+        name = signal_name(_sweep_interrupted["signum"])
+        record.update(status="skipped", error=f"the sweep was interrupted by {name}", finished=_now())
+        write_status(output_dir, record)
+        return None
     write_status(output_dir, record)
     try:
-        value = task(cfg)
+        with handle_stop_signals():
+            value = task(cfg)
+    except RunInterrupted as stop:
+        record.update(wall_time_s=time.perf_counter() - start, finished=_now(), return_value=None)
+        _interrupted(output_dir, record, stop)
+        if not is_multirun():
+            raise SystemExit(exit_status(stop.signum)) from None
+        _sweep_interrupted["signum"] = stop.signum
+        return None
     except Exception as e:
         record.update(
             status="failed",
@@ -111,3 +170,9 @@ def run_job(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> floa
     )
     write_status(output_dir, record)
     return value
+
+
+def sweep_interrupt_status() -> int | None:
+    """The exit status of this process's sweep when one of its jobs was interrupted (130/143), else None."""
+    signum = _sweep_interrupted.get("signum")
+    return None if signum is None else exit_status(signum)

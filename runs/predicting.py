@@ -18,7 +18,6 @@ exit status is non-zero when any image was skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,8 +40,10 @@ from rich.table import Table
 
 from datamodules import InputImage, list_inputs, read_image_converted, write_index_mask, write_rgb
 from models import InferenceInfo, load_for_inference
+from models.callbacks import flag_palette
 from models.inference import activation_for_mode, labels_from_probabilities, predict_probabilities
 from runs.build import build_inference
+from safeio import atomic_path, write_json
 from seglosses.checks import check_bool, check_choice, check_number
 from seglosses.modes import MULTILABEL_MODE
 
@@ -165,14 +166,15 @@ def _predict_one(
     labels = labels_from_probabilities(probs[None], info.mode, float(cfg.threshold))[0]
     save = cfg.save
     if save.masks:
-        palette = None if info.mode == MULTILABEL_MODE else info.class_colors
+        palette = info.class_colors
+        if info.mode == MULTILABEL_MODE:  # the flags' colours, as in the training's prediction grids
+            palette = flag_palette(info.num_classes).tolist()
         write_index_mask(output / "masks" / f"{item.relative}.png", mask_values(labels, info.mode), palette)
     if save.probabilities is not None:
         p = probs.float().cpu()
         array = (p * 255).round().to(torch.uint8) if save.probabilities == "uint8" else p.half()
-        path = output / "probabilities" / f"{item.relative}.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, array.numpy())
+        with atomic_path(output / "probabilities" / f"{item.relative}.npy") as tmp:
+            np.save(tmp, array.numpy())
     if save.overlays:
         write_rgb(
             output / "overlays" / f"{item.relative}.png",
@@ -213,7 +215,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     device = resolve_device(str(cfg.device))
     network, info = load_for_inference(cfg.ckpt_path, map_location=device)
     inference = build_inference(cfg.inference, info.size_multiple, info.crop_size)
-    listing = list_inputs(cfg.input)
+    listing = list_inputs(cfg.input, exclude=output)  # never what this run (or an earlier one) wrote
     summary = PredictionSummary(output=str(output), ignored_files=len(listing.ignored))
     if listing.ignored:
         log.info(
@@ -248,8 +250,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
                 summary.skipped.append({"path": str(item.path), "reason": str(e)})
             bar.advance(task)
     summary.seconds = time.perf_counter() - start
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, allow_nan=True))
+    write_json(output / "summary.json", summary.to_dict())
     print_summary(summary)
     return summary
 

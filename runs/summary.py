@@ -35,8 +35,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runs.jobs import STATUS_FILE
+from runs.jobs import STATUS_FILE, sweep_interrupt_status
 from runs.ranks import is_ddp_child
+from safeio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,10 @@ def _status(status: dict[str, Any] | None, metrics: dict[str, Any] | None) -> tu
         return "incomplete", "no job_status.json and no metrics.json: the job did not start or was killed"
     if status.get("status") == "running":
         return "incomplete", "job_status.json says running: the job was killed or is still running"
+    if status.get("status") == "interrupted":
+        resume = status.get("resume")
+        how = f"resume: {resume}" if resume else "no checkpoint: run it again"
+        return "interrupted", f"{status.get('signal')} after {status.get('epochs_done')} epoch(s); {how}"
     return str(status.get("status")), status.get("error")
 
 
@@ -246,7 +251,8 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One dict per job of the sweep in ``sweep_dir``, in job order. Keys, in this order:
 
     - ``job``: the job directory relative to ``sweep_dir`` (``"0"``, ``"1"``, ...)
-    - ``status``: ``"ok"``, ``"failed"`` (the job raised) or ``"incomplete"`` (killed, or still running)
+    - ``status``: ``"ok"``, ``"failed"`` (the job raised), ``"interrupted"`` (Ctrl+C/SIGTERM; ``error`` says
+      how to resume), ``"skipped"`` (after an interrupted job) or ``"incomplete"`` (killed, or still running)
     - one key per swept override (e.g. ``"loss.gamma"``, ``"loss"``) with the job's value as typed (str;
       None when the job did not set it), then ``overrides``: those as one ``"key=value ..."`` string
     - ``val_mIoU``, ``val_mDice``: validation scores of the best checkpoint (fractions in [0, 1])
@@ -333,7 +339,7 @@ def collect_by_config(sweep_dir: str | Path, seed_keys: tuple[str, ...] = SEED_K
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row)) or ["job", "status"]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
@@ -388,7 +394,8 @@ def plot(rows: list[dict[str, Any]], keys: list[str], rare: list[str], path: Pat
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)  # Agg
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)  # Agg
 
 
 def _cell(value: Any, percent: bool = False) -> str:
@@ -498,7 +505,8 @@ def plot_by_config(configs: list[dict[str, Any]], group_keys: list[str], classes
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)  # Agg
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)  # Agg
 
 
 def _mean_std(config: dict[str, Any], metric: str) -> str:
@@ -599,7 +607,8 @@ def _statuses(sweep_dir: Path) -> list[str]:
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, :func:`write_summary` of ``hydra.sweep.dir``; then, when a
     job is not ok (failed, or killed/incomplete), a last line on stderr saying how many and where the
-    summary is, and ``SystemExit(1)``: the sweep process exits non-zero (shells, CI, an ``sbatch`` script
+    summary is, and ``SystemExit(1)`` (130/143 when the sweep was interrupted by Ctrl+C/SIGTERM,
+    :mod:`runs.stop_signals`): the sweep process exits non-zero (shells, CI, an ``sbatch`` script
     that runs the sweep). ``exit_on_failure=false`` (``hydra.callbacks.sweep_summary.exit_on_failure=false``)
     keeps exit status 0.
 
@@ -637,13 +646,15 @@ class SweepSummary(Callback):
                 log.exception("could not read the job statuses in %s", sweep_dir)
                 states = []
         not_ok = [s for s in states if s != "ok"]
-        if not not_ok or not self.exit_on_failure:
+        interrupted = sweep_interrupt_status()  # Ctrl+C/SIGTERM: 130/143 even with exit_on_failure=false
+        if interrupted is None and (not not_ok or not self.exit_on_failure):
             return
         counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(not_ok).items()))
         sys.stdout.flush()
-        print(f"sweep failed: {len(not_ok)} of {len(states)} jobs not ok ({counts}); summary: {where}",
+        what = "sweep interrupted" if interrupted is not None else "sweep failed"
+        print(f"{what}: {len(not_ok)} of {len(states)} jobs not ok ({counts}); summary: {where}",
               file=sys.stderr, flush=True)
-        raise SystemExit(1)
+        raise SystemExit(1 if interrupted is None else interrupted)
 
 
 USAGE = f"""usage: python -m runs.summary SWEEP_DIR [--seed-key KEY ...]

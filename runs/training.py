@@ -19,7 +19,6 @@ heatmaps (TensorBoard: images ``confusion/<split>``) and, where they keep files 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -43,8 +42,10 @@ from runs.build import (
 )
 from runs.ddp import ddp_job
 from runs.evaluation import write_evaluation_outputs
+from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
+from safeio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +61,9 @@ def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, A
     return None if result is None else {**result, "epoch": epoch}
 
 
-def _json_ready(value: Any) -> Any:
-    """``value`` with every NaN/inf float (a score of a split without scored pixels) as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
-
-
 def write_metrics(path: Path, record: dict[str, Any]) -> None:
-    """``record`` as JSON; NaN/inf scores (a split whose pixels are all ignored) are written as null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(record), indent=2, allow_nan=False))
+    """``record`` as JSON, atomically; NaN/inf scores (a split whose pixels are all ignored) as null."""
+    write_json(path, record)
     log.info("metrics written to %s", path)
 
 
@@ -193,6 +182,7 @@ def run(cfg: DictConfig) -> float | None:
     sweeper optimises), or None when it was not computed or is NaN (always None for ``train=false``;
     Optuna counts None as a failed trial, a NaN would end the search)."""
     check_config(cfg)
+    check_run_directory(cfg.paths.output_dir, bool(cfg.train), cfg.ckpt_path)  # never over earlier results
     if not cfg.train:
         evaluate(cfg)
         return None

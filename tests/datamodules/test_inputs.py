@@ -30,6 +30,21 @@ def test_folder_is_searched_recursively_skipping_hidden_and_non_images(tmp_path)
     assert [p.name for p in listing.ignored] == ["notes.txt"]
 
 
+def test_the_output_folder_is_never_an_input(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    _image(tmp_path / "a.png", rgb)
+    _image(tmp_path / "pred" / "masks" / "a.png", rgb)  # an earlier prediction into input/pred
+    _image(tmp_path / "predictions_other" / "b.png", rgb)  # a sibling with a similar name stays
+    listing = list_inputs(tmp_path, exclude=tmp_path / "pred")
+    assert [i.relative.as_posix() for i in listing.images] == ["a", "predictions_other/b"]
+    assert len(list_inputs(tmp_path).images) == 3
+    (tmp_path / "list.txt").write_text("a.png\npred/masks/a.png\n")
+    with pytest.raises(ValueError, match=r"list.txt, line 2: .*inside the output folder"):
+        list_inputs(tmp_path / "list.txt", exclude=tmp_path / "pred")
+    with pytest.raises(ValueError, match="inside the output folder"):
+        list_inputs(tmp_path / "pred" / "masks", exclude=tmp_path / "pred")
+
+
 def test_list_file_paths_are_relative_to_the_list(tmp_path):
     (tmp_path / "lists").mkdir()
     listing = tmp_path / "lists" / "val.lst"

@@ -273,3 +273,59 @@ def test_binary_checkpoint_writes_thresholded_0_1_masks(tmp_path):
     mask = np.asarray(Image.open(out / "masks" / "a.png"))
     np.testing.assert_array_equal(mask, (probs[0, 0] > threshold).numpy().astype(np.uint8))
     assert np.load(out / "probabilities" / "a.npy").shape == (1, 40, 40)
+
+
+def test_a_second_prediction_into_the_input_folder_never_reads_the_first(checkpoint, images, tmp_path):
+    out = images / "pred"
+    first = predict(predict_cfg(checkpoint, images, out))
+    second = predict(predict_cfg(checkpoint, images, out, "overwrite=true"))
+    assert first.done == second.done == 3
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == ["large.png", "nested/odd.png", "small.png"]
+    assert not (out / "masks" / "pred").exists()
+
+
+def _binary_checkpoint(tmp_path: Path, *overrides: str) -> Path:
+    from tests.runs.test_failures import folder_overrides, write_folder_dataset
+
+    root = tmp_path / "data"
+    write_folder_dataset(root, {"train": 4, "val": 2, "test": 2})
+    return make_checkpoint(tmp_path, *folder_overrides(root), "datamodule.num_classes=1",
+                           "datamodule.mode=binary", *overrides)[0]
+
+
+@pytest.mark.parametrize("colors", [None, [[0, 200, 0]]])
+def test_binary_masks_and_overlays_show_the_foreground(tmp_path, colors):
+    """Background and foreground get distinct colours (the grids': black and red by default)."""
+    extra = [] if colors is None else [f"datamodule.class_colors={colors}"]
+    ckpt = _binary_checkpoint(tmp_path, *extra)
+    foreground = [128, 0, 0] if colors is None else colors[0]
+    assert load_for_inference(ckpt)[1].class_colors == [[0, 0, 0], foreground]
+    path = write_image(tmp_path / "in" / "a.png", 24, 24)
+    out = tmp_path / "out"
+    # threshold 0: every pixel is foreground, whatever the untrained network says
+    predict(predict_cfg(ckpt, path, out, "threshold=0", "save.overlays=true", "save.overlay_alpha=1"))
+    mask = Image.open(out / "masks" / "a.png")
+    assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, *foreground]
+    assert np.asarray(mask).min() == 1
+    overlay = np.asarray(Image.open(out / "overlays" / "a.png"))
+    assert (overlay == np.array(foreground, np.uint8)).all()
+
+
+def test_multilabel_masks_use_the_flag_colours_of_the_grids(tmp_path):
+    from models.callbacks import default_class_colors, flag_palette
+
+    assert default_class_colors("multilabel", 3) == [flag_palette(3)[f].tolist() for f in (1, 2, 4)]
+    assert [0, 0, 0] not in default_class_colors("multilabel", 3)  # every label shows
+    from tests.runs.test_failures import folder_overrides, write_folder_dataset
+
+    write_folder_dataset(tmp_path / "data", {"train": 4, "val": 2, "test": 2})  # flags 0/1: label 0
+    ckpt, _ = make_checkpoint(tmp_path, *folder_overrides(tmp_path / "data"), "datamodule.mode=multilabel",
+                              "datamodule.num_classes=3")
+    info = load_for_inference(ckpt)[1]
+    assert info.class_colors == default_class_colors("multilabel", 3)
+    path = write_image(tmp_path / "in" / "a.png", 16, 16)
+    predict(predict_cfg(ckpt, path, tmp_path / "out", "threshold=0"))  # all three labels on: flag 7
+    mask = Image.open(tmp_path / "out" / "masks" / "a.png")
+    assert np.asarray(mask).min() == 7
+    assert mask.getpalette()[3 * 7: 3 * 8] == flag_palette(3)[7].tolist()

@@ -1,0 +1,34 @@
+"""Errors of the entry points as one clear message: ours first, no traceback (``HYDRA_FULL_ERROR=1``
+shows it, as Hydra does). Interrupts (:mod:`runs.stop_signals`) and exit statuses pass through."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["FULL_ERROR_ENV", "one_line_errors"]
+
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(main: F) -> F:
+    """Decorate a Hydra main function: an exception it raises is printed as ``Error: <type>: <message>``
+    on stderr and the process exits with status 1; with ``HYDRA_FULL_ERROR=1`` it propagates (traceback)."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except Exception as e:
+            if os.environ.get(FULL_ERROR_ENV) == "1":
+                raise
+            sys.stdout.flush()
+            print(f"Error: {type(e).__name__}: {e}\n(the traceback: set {FULL_ERROR_ENV}=1)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    return wrapper  # type: ignore[return-value]
