@@ -1,4 +1,4 @@
-"""Export a trained checkpoint's network to ONNX or TorchScript (README, "Inference and export").
+"""Export a trained checkpoint's network to ONNX or TorchScript (docs/inference.md, "Export").
 
     python export.py ckpt_path=RUN/checkpoints/best-epoch007.ckpt format=onnx output=DIR
     python export.py ckpt_path=... format=torchscript output=DIR

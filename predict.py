@@ -1,4 +1,4 @@
-"""Predict masks for new images of any size with a trained checkpoint (README, "Inference and export").
+"""Predict masks for new images of any size with a trained checkpoint (docs/inference.md).
 
     python predict.py ckpt_path=RUN/checkpoints/best-epoch007.ckpt input=IMAGES_DIR output=OUT
     python predict.py ckpt_path=... input=tile.png output=OUT inference.mode=slide inference.overlap=0.5
