@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import seglosses.lovasz as lovasz_module
+import seglosses._lovasz_core as lovasz_module
 from seglosses import LovaszLoss, lovasz_loss
 
 
