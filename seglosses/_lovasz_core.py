@@ -22,19 +22,6 @@ from seglosses._shared import first_order_only, pixel_chunk
 __all__ = ["lovasz_increments", "lovasz_per_class"]
 
 
-def lovasz_per_class(
-    x: Tensor,
-    t: Tensor,
-    valid: Tensor | None,
-    run: tuple[int, ...],
-    per_image: bool,
-    softmax: bool,
-    hinge: bool,
-) -> Tensor:
-    """Per-row and per-class Lovász losses, (R, C), with the hand-written gradient (see :class:`_Lovasz`)."""
-    return _Lovasz.apply(x, t, valid, run, per_image, softmax, hinge)
-
-
 def lovasz_increments(g_sorted: Tensor, dtype: torch.dtype, total: Tensor | None = None) -> Tensor:
     """``J_k - J_(k-1)`` along the last dim for targets ``g_sorted`` (bool or float in [0, 1], in the order of
     decreasing error), in ``dtype``. ``total``: the (rows, 1) target mass ``G`` of each row when ``g_sorted``
@@ -109,6 +96,11 @@ class _Lovasz(torch.autograd.Function):
                 a_sl, p_sl = a[:, :, sl], p[:, :, sl]
                 a_sl.sub_((a_sl * p_sl).sum(1, keepdim=True)).mul_(p_sl)
         return a, None, None, None, None, None, None
+
+
+#: ``lovasz_per_class(x, t, valid, run, per_image, softmax, hinge)``: the per-row and per-class Lovász losses,
+#: (R, C), with the hand-written gradient (see :class:`_Lovasz`).
+lovasz_per_class = _Lovasz.apply
 
 
 def _class_block(rows: int, device: torch.device) -> int:

@@ -8,9 +8,10 @@ FocalOptions.gamma``), so a default is written once.
 
 A :class:`LossModule` shows every option as an attribute of the same name (``loss.gamma``); setting one
 (``loss.gamma = 0.5``, as a gamma schedule does between epochs) replaces ``options`` by a copy with the new
-value, checked again. Per-class values (fields made with :func:`per_class`) are also stored on the module,
-as a non-persistent float32 buffer that follows ``.to(device)`` (a number or None as is); the forward pass
-uses that buffer. ``repr`` lists the options in field order.
+value, checked again. Per-class values (fields with the metadata :data:`PER_CLASS`: alpha, weight,
+class_weights) are stored on the module instead, as a non-persistent float32 buffer that follows
+``.to(device)`` (a number or None as is), and the forward pass uses that; ``options`` keeps them as given
+at construction. ``repr`` lists the options in field order.
 
     >>> from seglosses import FocalLoss
     >>> loss = FocalLoss(gamma=1.0, alpha=[1.0, 2.0])
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PER_CLASS", "LossModule", "options_repr"]
+__all__ = ["PER_CLASS", "LossModule"]
 
 #: The metadata of a per-class field of an options dataclass (alpha, weight, class_weights), written
 #: ``alpha: ClassValues = field(default=None, metadata=PER_CLASS)``: None, a number or one value per
@@ -91,10 +92,10 @@ class LossModule(nn.Module):
                 self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=False)
 
     def extra_repr(self) -> str:
-        return options_repr(self, [f.name for f in dataclasses.fields(self.options)])
+        return _options_repr(self, [f.name for f in dataclasses.fields(self.options)])
 
 
-def options_repr(module: nn.Module, names: list[str]) -> str:
+def _options_repr(module: nn.Module, names: list[str]) -> str:
     """``extra_repr`` text ``"name=value, ..."`` of the attributes ``names``: strings quoted, tensors as
     lists."""
 
