@@ -2,7 +2,9 @@
 
 Depends on torch only. See the docstrings of :func:`focal_loss` and :func:`dice_loss` for shapes
 and reduction semantics; the Tversky, Lovász, generalized Dice, OHEM and top-k losses follow the same
-conventions.
+conventions. The options of each loss, their defaults and their checks are a frozen dataclass in its module
+(``seglosses.focal.FocalOptions``, ``seglosses.dice.DiceOptions``, ...), kept by the module form as
+``loss.options``.
 """
 
 from seglosses.class_weights import METHODS as CLASS_WEIGHT_METHODS

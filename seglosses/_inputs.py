@@ -50,10 +50,14 @@ def as_class_vector(name: str, value: ClassValues, num_classes: int, like: Tenso
     return t
 
 
-def check_class_values(name: str, value: ClassValues, mode: str) -> None:
-    """Checks that need no class count: a number or 1-D values, finite, >= 0; <= 1 for sigmoid alpha."""
+def check_class_values(name: str, value: ClassValues, mode: str) -> float | tuple[float, ...] | None:
+    """Checks that need no class count: a number or 1-D values, finite, >= 0; <= 1 for sigmoid alpha.
+
+    Returns ``value`` as the options dataclasses keep it: None, a number as given (a 0-d tensor as a float),
+    or a tuple of floats (from a sequence, an OmegaConf list or a 1-D tensor).
+    """
     if value is None:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float, Sequence, Tensor)):
         raise ValueError(f"{name} must be None, a number or a sequence of numbers, got {value!r}")
     if isinstance(value, Tensor):
@@ -76,6 +80,9 @@ def check_class_values(name: str, value: ClassValues, mode: str) -> None:
             )
         if mode == BINARY_MODE and t.numel() != 1:
             raise ValueError(f"binary alpha must be a single number in [0, 1], got {t.tolist()}")
+    if isinstance(value, (int, float)):
+        return value
+    return float(t) if t.ndim == 0 else tuple(t.tolist())
 
 
 @dataclass

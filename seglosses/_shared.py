@@ -1,18 +1,19 @@
 """Private pieces shared by the loss modules of :mod:`seglosses`.
 
-The loss files import private helpers from the private modules only (this one, :mod:`seglosses._inputs`
-and :mod:`seglosses._overlap`), never from one another.
+The loss files import private helpers from the private modules only (this one, :mod:`seglosses._inputs`,
+:mod:`seglosses._options`, :mod:`seglosses._overlap` and :mod:`seglosses._focal_core`), never from one
+another.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 __all__ = [
@@ -22,10 +23,7 @@ __all__ = [
     "first_order_only",
     "focal_factors",
     "hinted",
-    "option_values",
-    "options_repr",
     "pixel_chunk",
-    "set_class_values",
 ]
 
 #: A number, per-class values or None (alpha, weight, class_weights).
@@ -110,16 +108,6 @@ class SavedGradient(torch.autograd.Function):
         return (grad * grad_out,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
 
-def set_class_values(module: nn.Module, name: str, value: ClassValues) -> None:
-    """Store ``alpha``/``weight`` on ``module``: a number or None as is, per-class values as a float32
-    (C,) non-persistent buffer, so that ``.to(device)`` moves it."""
-    if value is None or isinstance(value, (int, float)):
-        setattr(module, name, value)
-    else:
-        buffer = torch.as_tensor(value, dtype=torch.float32).detach().clone()
-        module.register_buffer(name, buffer, persistent=False)
-
-
 @contextmanager
 def hinted(hint: str) -> Iterator[None]:
     """Re-raise a ValueError of the block with ``hint`` appended to its message."""
@@ -127,19 +115,3 @@ def hinted(hint: str) -> Iterator[None]:
         yield
     except ValueError as e:
         raise ValueError(f"{e}{hint}") from None
-
-
-def option_values(module: nn.Module, names: Iterable[str]) -> dict[str, Any]:
-    """The attributes ``names`` of a loss module, as keyword arguments of its functional form."""
-    return {name: getattr(module, name) for name in names}
-
-
-def options_repr(module: nn.Module, names: Iterable[str]) -> str:
-    """``extra_repr`` text ``"name=value, ..."``: strings quoted, tensors as lists."""
-
-    def show(value: Any) -> str:
-        if isinstance(value, Tensor):
-            return repr(value.tolist())
-        return repr(value) if isinstance(value, str) else str(value)
-
-    return ", ".join(f"{name}={show(getattr(module, name))}" for name in names)

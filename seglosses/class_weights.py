@@ -85,25 +85,7 @@ def class_weights_from_counts(
     elif method == "inverse_sqrt":
         w = torch.sqrt(total / (num_present * np_))
     elif method == "median_frequency":
-        if image_pixel_counts is None:
-            raise ValueError(
-                "method='median_frequency' needs image_pixel_counts: (C,) total pixels of the images "
-                "that contain each class"
-            )
-        img = _as_counts("image_pixel_counts", image_pixel_counts)
-        if img.shape != n.shape:
-            raise ValueError(
-                f"image_pixel_counts must have one value per class ({n.numel()}), got {img.numel()}"
-            )
-        too_small = (present & (img < n)).nonzero().flatten().tolist()
-        if too_small:
-            raise ValueError(
-                f"image_pixel_counts must be >= pixel_counts (the images containing a class hold at least "
-                f"its pixels); violated for classes {too_small}: image_pixel_counts="
-                f"{img[too_small].tolist()}, pixel_counts={n[too_small].tolist()}"
-            )
-        freq = np_ / img[present]
-        w = torch.quantile(freq, 0.5) / freq
+        w = _median_frequency(n, present, image_pixel_counts)
     elif method == "enet":
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 1):
             raise ValueError(f"c (ENet constant) must be a finite number > 1, got {c!r}")
@@ -118,6 +100,27 @@ def class_weights_from_counts(
     out = torch.zeros_like(n)
     out[present] = w
     return out.to(torch.float32)
+
+
+def _median_frequency(n: Tensor, present: Tensor, image_pixel_counts: Any) -> Tensor:
+    """``median(f) / f_c`` over the ``present`` classes, ``f_c = n_c / image_pixel_counts_c``."""
+    if image_pixel_counts is None:
+        raise ValueError(
+            "method='median_frequency' needs image_pixel_counts: (C,) total pixels of the images "
+            "that contain each class"
+        )
+    img = _as_counts("image_pixel_counts", image_pixel_counts)
+    if img.shape != n.shape:
+        raise ValueError(f"image_pixel_counts must have one value per class ({n.numel()}), got {img.numel()}")
+    too_small = (present & (img < n)).nonzero().flatten().tolist()
+    if too_small:
+        raise ValueError(
+            f"image_pixel_counts must be >= pixel_counts (the images containing a class hold at least "
+            f"its pixels); violated for classes {too_small}: image_pixel_counts="
+            f"{img[too_small].tolist()}, pixel_counts={n[too_small].tolist()}"
+        )
+    freq = n[present] / img[present]
+    return torch.quantile(freq, 0.5) / freq
 
 
 def _as_counts(name: str, value: Any) -> Tensor:

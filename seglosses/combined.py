@@ -181,15 +181,6 @@ def _attributes_match(module: nn.Module, expected: dict[str, object]) -> bool:
     return True
 
 
-def _is_number(value: object, minimum: float) -> bool:
-    """Whether ``value`` passes :func:`~seglosses.checks.check_number` (finite, not a bool, >= minimum)."""
-    try:
-        check_number(value, "value", minimum=minimum)
-    except ValueError:
-        return False
-    return True
-
-
 def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str, str] | None:
     """Names (focal, dice) when the terms are exactly a FocalLoss and a DiceLoss in the configuration the
     fused Function implements: multiclass, logits, class-index targets, one ``ignore_index`` shared by
@@ -206,11 +197,7 @@ def _fusable(losses: nn.ModuleDict, input: Tensor, target: Tensor) -> tuple[str,
     ignore_index = getattr(losses[focal], "ignore_index", _MISSING)
     if ignore_index is _MISSING or getattr(losses[dice], "ignore_index", _MISSING) != ignore_index:
         return None
-    smooth = getattr(losses[dice], "smooth", None)
-    if not (_is_number(smooth, 0) and smooth > 0):  # type: ignore[operator]
-        return None
-    # an invalid gamma (e.g. set by a callback) takes the general path, whose checks name it
-    if not _is_number(getattr(losses[focal], "gamma", None), 0):
+    if not losses[dice].smooth > 0:  # the options are checked: a number >= 0, as is the focal gamma
         return None
     # anything else (float targets, bad shapes, empty tensors) takes the general path and its checks
     if not (isinstance(input, Tensor) and isinstance(target, Tensor)) or input.ndim < 2:

@@ -20,57 +20,76 @@ plain autograd and supports it, as do the binary, multilabel and probability-tar
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from dataclasses import dataclass, field
 
-from seglosses._inputs import check_reduction, prepare
+import torch
+from torch import Tensor
+
+from seglosses._inputs import check_class_values, check_reduction, prepare
+from seglosses._options import PER_CLASS, LossModule
 from seglosses._overlap import class_weights_of, overlap_sums, reduce_per_class
-from seglosses._shared import ClassValues, hinted, option_values, options_repr, set_class_values
+from seglosses._shared import ClassValues, hinted
 from seglosses.checks import check_bool, check_ignore_index, check_number
 from seglosses.modes import check_mode
 
-__all__ = ["DiceLoss", "dice_loss"]
+__all__ = ["DiceLoss", "DiceOptions", "dice_loss"]
 
 # Lower bound of the Dice coefficient inside ``-log`` (log_loss): caps a class's loss at about 16.1.
 LOG_CLAMP = 1e-7
-# The options of DiceLoss shown by its repr, and (with class_weights) passed on to dice_loss.
-_REPR_OPTIONS = (
-    "mode", "smooth", "power", "ignore_index", "per_image", "log_loss", "include_background",
-    "from_logits", "reduction", "sync_ddp",
-)  # fmt: skip
 
 
-def _check_options(
-    mode: str, smooth: float, power: float, ignore_index: int | None, reduction: str, sync_ddp: bool
-) -> None:
-    """The checks that need no input, shared by :func:`dice_loss` and :class:`DiceLoss`."""
-    check_mode(mode)
-    check_reduction(reduction)
-    check_number(smooth, "smooth", minimum=0)
-    with hinted(
-        " (1: standard soft Dice, 2: squared denominator as in V-Net); below 1 the gradient of "
-        "p ** power is infinite at p = 0"
-    ):
-        check_number(power, "power", minimum=1)
-    check_ignore_index(ignore_index)
-    check_bool(sync_ddp, "sync_ddp")
+@dataclass(frozen=True)
+class DiceOptions:
+    """The options of :func:`dice_loss` and :class:`DiceLoss` (their meaning there), with their defaults and
+    checks; ``class_weights`` is kept as None, a number or a tuple of floats.
+
+    Raises:
+        ValueError: unknown mode or reduction, ``smooth`` negative or not finite, ``power`` below 1 or not
+            finite, ``class_weights`` negative or not 1-D, a non-integer ignore_index, a non-bool sync_ddp.
+    """
+
+    mode: str = "multiclass"
+    smooth: float = 1.0
+    power: float = 1
+    class_weights: ClassValues = field(default=None, metadata=PER_CLASS)
+    ignore_index: int | None = None
+    per_image: bool = False
+    log_loss: bool = False
+    include_background: bool = True
+    from_logits: bool = True
+    reduction: str = "mean"
+    sync_ddp: bool = False
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        check_reduction(self.reduction)
+        check_number(self.smooth, "smooth", minimum=0)
+        with hinted(
+            " (1: standard soft Dice, 2: squared denominator as in V-Net); below 1 the gradient of "
+            "p ** power is infinite at p = 0"
+        ):
+            check_number(self.power, "power", minimum=1)
+        weights = check_class_values("class_weights", self.class_weights, self.mode)
+        object.__setattr__(self, "class_weights", weights)
+        check_ignore_index(self.ignore_index)
+        check_bool(self.sync_ddp, "sync_ddp")
 
 
 def dice_loss(
     input: Tensor,
     target: Tensor,
     *,
-    mode: str = "multiclass",
-    smooth: float = 1.0,
-    power: float = 1,
-    class_weights: ClassValues = None,
-    ignore_index: int | None = None,
-    per_image: bool = False,
-    log_loss: bool = False,
-    include_background: bool = True,
-    from_logits: bool = True,
-    reduction: str = "mean",
-    sync_ddp: bool = False,
+    mode: str = DiceOptions.mode,
+    smooth: float = DiceOptions.smooth,
+    power: float = DiceOptions.power,
+    class_weights: ClassValues = DiceOptions.class_weights,
+    ignore_index: int | None = DiceOptions.ignore_index,
+    per_image: bool = DiceOptions.per_image,
+    log_loss: bool = DiceOptions.log_loss,
+    include_background: bool = DiceOptions.include_background,
+    from_logits: bool = DiceOptions.from_logits,
+    reduction: str = DiceOptions.reduction,
+    sync_ddp: bool = DiceOptions.sync_ddp,
 ) -> Tensor:
     r"""Soft Dice loss.
 
@@ -135,34 +154,42 @@ def dice_loss(
             average over, all included weights 0, or input/target shapes, dtypes or values that do not
             fit ``mode`` (see :func:`seglosses._inputs.prepare`).
     """
-    _check_options(mode, smooth, power, ignore_index, reduction, sync_ddp)
-    prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
+    options = DiceOptions(mode=mode, smooth=smooth, power=power, class_weights=class_weights,
+                          ignore_index=ignore_index, per_image=per_image, log_loss=log_loss,
+                          include_background=include_background, from_logits=from_logits, reduction=reduction,
+                          sync_ddp=sync_ddp)  # fmt: skip
+    return _dice(input, target, options, options.class_weights)
+
+
+def _dice(input: Tensor, target: Tensor, o: DiceOptions, class_weights: ClassValues) -> Tensor:
+    """The Dice loss of the options ``o`` with the per-class ``class_weights`` (a module's buffer)."""
+    prep = prepare(input, target, o.mode, o.ignore_index, from_logits=o.from_logits)
     x = prep.input
     n, num_classes, _ = x.shape
     weights, total_weight = class_weights_of(
-        mode, class_weights, num_classes, ignore_index, include_background, like=x
+        o.mode, class_weights, num_classes, o.ignore_index, o.include_background, like=x
     )
-    inter, pred, card = overlap_sums(
-        prep, mode=mode, from_logits=from_logits, power=power, per_image=per_image, sync_ddp=sync_ddp
-    )
-    numerator = 2 * inter + smooth
-    denominator = pred + card + smooth
-    if smooth > 0:
+    inter, pred, card = overlap_sums(prep, mode=o.mode, from_logits=o.from_logits, power=o.power,
+                                     per_image=o.per_image, sync_ddp=o.sync_ddp)  # fmt: skip
+    numerator = 2 * inter + o.smooth
+    denominator = pred + card + o.smooth
+    if o.smooth > 0:
         dice = numerator / denominator
     else:
         # Zero denominator (nothing predicted, nothing in the target): D = 1 with a finite gradient.
         empty = denominator <= 0
         dice = torch.where(empty, 1.0, numerator / denominator.masked_fill(empty, 1.0))
-    loss = -dice.clamp_min(LOG_CLAMP).log() if log_loss else 1 - dice
+    loss = -dice.clamp_min(LOG_CLAMP).log() if o.log_loss else 1 - dice
     loss = loss * weights  # broadcasts over the leading N with per_image
-    return reduce_per_class(loss, total_weight, reduction, per_image, n)
+    return reduce_per_class(loss, total_weight, o.reduction, o.per_image, n)
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(LossModule, options=DiceOptions):
     r"""Soft Dice loss module; see :func:`dice_loss` for the formula, the arguments and the reductions.
 
-    The keyword arguments are stored as attributes of the same names; ``class_weights`` (if given) is
-    a non-persistent (C,) float32 buffer so that it follows ``.to(device)``.
+    The keyword arguments are kept in ``options`` (a :class:`DiceOptions`, checked once) and read as
+    attributes of the same names; ``class_weights`` (if given) is a non-persistent (C,) float32 buffer so
+    that it follows ``.to(device)``.
 
     Shape:
         ``*`` is any number of spatial dims, including none.
@@ -201,34 +228,22 @@ class DiceLoss(nn.Module):
     def __init__(
         self,
         *,
-        mode: str = "multiclass",
-        smooth: float = 1.0,
-        power: float = 1,
-        class_weights: ClassValues = None,
-        ignore_index: int | None = None,
-        per_image: bool = False,
-        log_loss: bool = False,
-        include_background: bool = True,
-        from_logits: bool = True,
-        reduction: str = "mean",
-        sync_ddp: bool = False,
+        mode: str = DiceOptions.mode,
+        smooth: float = DiceOptions.smooth,
+        power: float = DiceOptions.power,
+        class_weights: ClassValues = DiceOptions.class_weights,
+        ignore_index: int | None = DiceOptions.ignore_index,
+        per_image: bool = DiceOptions.per_image,
+        log_loss: bool = DiceOptions.log_loss,
+        include_background: bool = DiceOptions.include_background,
+        from_logits: bool = DiceOptions.from_logits,
+        reduction: str = DiceOptions.reduction,
+        sync_ddp: bool = DiceOptions.sync_ddp,
     ) -> None:
-        super().__init__()
-        _check_options(mode, smooth, power, ignore_index, reduction, sync_ddp)
-        self.mode = mode
-        self.smooth = smooth
-        self.power = power
-        self.ignore_index = ignore_index
-        self.per_image = per_image
-        self.log_loss = log_loss
-        self.include_background = include_background
-        self.from_logits = from_logits
-        self.reduction = reduction
-        self.sync_ddp = sync_ddp
-        set_class_values(self, "class_weights", class_weights)
+        super().__init__(DiceOptions(mode=mode, smooth=smooth, power=power, class_weights=class_weights,
+                                     ignore_index=ignore_index, per_image=per_image, log_loss=log_loss,
+                                     include_background=include_background, from_logits=from_logits,
+                                     reduction=reduction, sync_ddp=sync_ddp))  # fmt: skip
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return dice_loss(input, target, **option_values(self, (*_REPR_OPTIONS, "class_weights")))
-
-    def extra_repr(self) -> str:
-        return options_repr(self, _REPR_OPTIONS)
+        return _dice(input, target, self.options, self.class_weights)

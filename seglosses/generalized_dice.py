@@ -16,42 +16,52 @@ Multiclass class-index targets from logits share the Dice loss's hand-written ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from seglosses._inputs import check_reduction, prepare
+from seglosses._options import LossModule
 from seglosses._overlap import included_classes, overlap_sums
-from seglosses._shared import option_values, options_repr
 from seglosses.checks import check_bool, check_choice, check_ignore_index, check_number
 from seglosses.modes import check_mode
 
-__all__ = ["WEIGHT_TYPES", "GeneralizedDiceLoss", "generalized_dice_loss"]
+__all__ = ["WEIGHT_TYPES", "GeneralizedDiceLoss", "GeneralizedDiceOptions", "generalized_dice_loss"]
 
 #: The class weightings: 1 / G_c ** 2 (Sudre et al.), 1 / G_c, and 1 (no weighting).
 WEIGHT_TYPES = ("square", "simple", "uniform")
-_OPTIONS = (
-    "mode", "weight_type", "smooth_nr", "smooth_dr", "ignore_index", "per_image", "include_background",
-    "from_logits", "reduction", "sync_ddp",
-)  # fmt: skip
 
 
-def _check_options(
-    mode: str,
-    weight_type: str,
-    smooth_nr: float,
-    smooth_dr: float,
-    ignore_index: int | None,
-    reduction: str,
-    sync_ddp: bool,
-) -> None:
-    """The checks that need no input, shared by :func:`generalized_dice_loss` and the module."""
-    check_mode(mode)
-    check_reduction(reduction)
-    check_choice(weight_type, "weight_type", WEIGHT_TYPES)
-    check_number(smooth_nr, "smooth_nr", minimum=0)
-    check_number(smooth_dr, "smooth_dr", minimum=0)
-    check_ignore_index(ignore_index)
-    check_bool(sync_ddp, "sync_ddp")
+@dataclass(frozen=True)
+class GeneralizedDiceOptions:
+    """The options of :func:`generalized_dice_loss` and :class:`GeneralizedDiceLoss` (their meaning there),
+    with their defaults and checks.
+
+    Raises:
+        ValueError: unknown mode, reduction or weight_type, a smoothing term negative or not finite, a
+            non-integer ignore_index, a non-bool sync_ddp.
+    """
+
+    mode: str = "multiclass"
+    weight_type: str = "square"
+    smooth_nr: float = 1e-5
+    smooth_dr: float = 1e-5
+    ignore_index: int | None = None
+    per_image: bool = False
+    include_background: bool = True
+    from_logits: bool = True
+    reduction: str = "mean"
+    sync_ddp: bool = False
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        check_reduction(self.reduction)
+        check_choice(self.weight_type, "weight_type", WEIGHT_TYPES)
+        check_number(self.smooth_nr, "smooth_nr", minimum=0)
+        check_number(self.smooth_dr, "smooth_dr", minimum=0)
+        check_ignore_index(self.ignore_index)
+        check_bool(self.sync_ddp, "sync_ddp")
 
 
 def _volume_weights(card: Tensor, weight_type: str, include: Tensor) -> Tensor:
@@ -73,16 +83,16 @@ def generalized_dice_loss(
     input: Tensor,
     target: Tensor,
     *,
-    mode: str = "multiclass",
-    weight_type: str = "square",
-    smooth_nr: float = 1e-5,
-    smooth_dr: float = 1e-5,
-    ignore_index: int | None = None,
-    per_image: bool = False,
-    include_background: bool = True,
-    from_logits: bool = True,
-    reduction: str = "mean",
-    sync_ddp: bool = False,
+    mode: str = GeneralizedDiceOptions.mode,
+    weight_type: str = GeneralizedDiceOptions.weight_type,
+    smooth_nr: float = GeneralizedDiceOptions.smooth_nr,
+    smooth_dr: float = GeneralizedDiceOptions.smooth_dr,
+    ignore_index: int | None = GeneralizedDiceOptions.ignore_index,
+    per_image: bool = GeneralizedDiceOptions.per_image,
+    include_background: bool = GeneralizedDiceOptions.include_background,
+    from_logits: bool = GeneralizedDiceOptions.from_logits,
+    reduction: str = GeneralizedDiceOptions.reduction,
+    sync_ddp: bool = GeneralizedDiceOptions.sync_ddp,
 ) -> Tensor:
     r"""Generalized Dice loss (Sudre et al., 2017).
 
@@ -130,27 +140,35 @@ def generalized_dice_loss(
         ValueError: bad ``mode``/``reduction``/``weight_type``/smoothing, no class left, or inputs that do
             not fit ``mode`` (see :func:`seglosses._inputs.prepare`).
     """
-    _check_options(mode, weight_type, smooth_nr, smooth_dr, ignore_index, reduction, sync_ddp)
-    prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
+    options = GeneralizedDiceOptions(mode=mode, weight_type=weight_type, smooth_nr=smooth_nr,
+                                     smooth_dr=smooth_dr, ignore_index=ignore_index, per_image=per_image,
+                                     include_background=include_background, from_logits=from_logits,
+                                     reduction=reduction, sync_ddp=sync_ddp)  # fmt: skip
+    return _generalized_dice(input, target, options)
+
+
+def _generalized_dice(input: Tensor, target: Tensor, o: GeneralizedDiceOptions) -> Tensor:
+    """The generalized Dice loss of the options ``o``."""
+    prep = prepare(input, target, o.mode, o.ignore_index, from_logits=o.from_logits)
     x = prep.input
     n, num_classes, _ = x.shape
-    include = included_classes(mode, num_classes, ignore_index, include_background, x.device)
-    inter, pred, card = overlap_sums(prep, mode=mode, from_logits=from_logits, per_image=per_image,
-                                     sync_ddp=sync_ddp)  # fmt: skip
-    w = _volume_weights(card.detach(), weight_type, include)
-    numerator = 2 * (w * inter).sum(-1) + smooth_nr
-    denominator = (w * (pred + card)).sum(-1) + smooth_dr
+    include = included_classes(o.mode, num_classes, o.ignore_index, o.include_background, x.device)
+    inter, pred, card = overlap_sums(prep, mode=o.mode, from_logits=o.from_logits, per_image=o.per_image,
+                                     sync_ddp=o.sync_ddp)  # fmt: skip
+    w = _volume_weights(card.detach(), o.weight_type, include)
+    numerator = 2 * (w * inter).sum(-1) + o.smooth_nr
+    denominator = (w * (pred + card)).sum(-1) + o.smooth_dr
     empty = denominator <= 0
     loss = torch.where(empty, 0.0, 1 - numerator / denominator.masked_fill(empty, 1.0))
-    if reduction == "none":
+    if o.reduction == "none":
         return loss
     total = loss.sum()
-    if reduction == "sum" or not per_image:
+    if o.reduction == "sum" or not o.per_image:
         return total
     return total / max(n, 1)
 
 
-class GeneralizedDiceLoss(nn.Module):
+class GeneralizedDiceLoss(LossModule, options=GeneralizedDiceOptions):
     r"""Generalized Dice loss, the module form of :func:`generalized_dice_loss` (formula, arguments and
     reductions there).
 
@@ -190,32 +208,22 @@ class GeneralizedDiceLoss(nn.Module):
     def __init__(
         self,
         *,
-        mode: str = "multiclass",
-        weight_type: str = "square",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        ignore_index: int | None = None,
-        per_image: bool = False,
-        include_background: bool = True,
-        from_logits: bool = True,
-        reduction: str = "mean",
-        sync_ddp: bool = False,
+        mode: str = GeneralizedDiceOptions.mode,
+        weight_type: str = GeneralizedDiceOptions.weight_type,
+        smooth_nr: float = GeneralizedDiceOptions.smooth_nr,
+        smooth_dr: float = GeneralizedDiceOptions.smooth_dr,
+        ignore_index: int | None = GeneralizedDiceOptions.ignore_index,
+        per_image: bool = GeneralizedDiceOptions.per_image,
+        include_background: bool = GeneralizedDiceOptions.include_background,
+        from_logits: bool = GeneralizedDiceOptions.from_logits,
+        reduction: str = GeneralizedDiceOptions.reduction,
+        sync_ddp: bool = GeneralizedDiceOptions.sync_ddp,
     ) -> None:
-        super().__init__()
-        _check_options(mode, weight_type, smooth_nr, smooth_dr, ignore_index, reduction, sync_ddp)
-        self.mode = mode
-        self.weight_type = weight_type
-        self.smooth_nr = smooth_nr
-        self.smooth_dr = smooth_dr
-        self.ignore_index = ignore_index
-        self.per_image = per_image
-        self.include_background = include_background
-        self.from_logits = from_logits
-        self.reduction = reduction
-        self.sync_ddp = sync_ddp
+        super().__init__(GeneralizedDiceOptions(mode=mode, weight_type=weight_type, smooth_nr=smooth_nr,
+                                                smooth_dr=smooth_dr, ignore_index=ignore_index,
+                                                per_image=per_image, include_background=include_background,
+                                                from_logits=from_logits, reduction=reduction,
+                                                sync_ddp=sync_ddp))  # fmt: skip
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return generalized_dice_loss(input, target, **option_values(self, _OPTIONS))
-
-    def extra_repr(self) -> str:
-        return options_repr(self, _OPTIONS)
+        return _generalized_dice(input, target, self.options)

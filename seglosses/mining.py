@@ -12,41 +12,75 @@ gives a NaN loss.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from seglosses._inputs import as_class_vector, check_class_values, check_reduction
-from seglosses._shared import ClassValues, option_values, options_repr, set_class_values
+from seglosses._options import PER_CLASS, LossModule
+from seglosses._shared import ClassValues
 from seglosses.checks import check_ignore_index, check_int, check_number
 from seglosses.focal import cross_entropy
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE, check_mode
 
-__all__ = ["OhemCrossEntropyLoss", "TopKCrossEntropyLoss", "ohem_cross_entropy", "topk_cross_entropy"]
-
-_OHEM_OPTIONS = ("mode", "thresh", "min_kept", "weight", "ignore_index", "reduction")
-_TOPK_OPTIONS = ("mode", "k", "weight", "ignore_index", "reduction")
-
-
-def _check_common(mode: str, weight: ClassValues, ignore_index: int | None, reduction: str) -> None:
-    """The checks that need no input, shared by both losses and their modules."""
-    check_mode(mode)
-    check_reduction(reduction)
-    check_class_values("weight", weight, mode)
-    check_ignore_index(ignore_index)
+__all__ = [
+    "OhemCrossEntropyLoss", "OhemOptions", "TopKCrossEntropyLoss", "TopKOptions", "ohem_cross_entropy",
+    "topk_cross_entropy",
+]  # fmt: skip
 
 
-def _check_ohem(
-    mode: str, thresh: float, min_kept: int, weight: ClassValues, ignore_index: int | None, reduction: str
-) -> None:
-    _check_common(mode, weight, ignore_index, reduction)
-    check_number(thresh, "thresh", minimum=0, maximum=1)
-    check_int(min_kept, "min_kept", minimum=0)
+def _check_common(options: OhemOptions | TopKOptions) -> None:
+    """The checks of the options both losses have, but ``weight``."""
+    check_mode(options.mode)
+    check_reduction(options.reduction)
+    check_ignore_index(options.ignore_index)
 
 
-def _check_topk(mode: str, k: float, weight: ClassValues, ignore_index: int | None, reduction: str) -> None:
-    _check_common(mode, weight, ignore_index, reduction)
-    check_number(k, "k", maximum=1, greater_than=0)
+@dataclass(frozen=True)
+class OhemOptions:
+    """The options of :func:`ohem_cross_entropy` and :class:`OhemCrossEntropyLoss` (their meaning there),
+    with their defaults and checks; ``weight`` is kept as None, a number or a tuple of floats.
+
+    Raises:
+        ValueError: unknown mode or reduction, ``thresh`` outside [0, 1], ``min_kept`` not an int >= 0,
+            ``weight`` negative or not 1-D, a non-integer ignore_index.
+    """
+
+    mode: str = "multiclass"
+    thresh: float = 0.7
+    min_kept: int = 100000
+    weight: ClassValues = field(default=None, metadata=PER_CLASS)
+    ignore_index: int | None = None
+    reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        object.__setattr__(self, "weight", check_class_values("weight", self.weight, self.mode))
+        check_number(self.thresh, "thresh", minimum=0, maximum=1)
+        check_int(self.min_kept, "min_kept", minimum=0)
+
+
+@dataclass(frozen=True)
+class TopKOptions:
+    """The options of :func:`topk_cross_entropy` and :class:`TopKCrossEntropyLoss` (their meaning there),
+    with their defaults and checks; ``weight`` is kept as None, a number or a tuple of floats.
+
+    Raises:
+        ValueError: unknown mode or reduction, ``k`` outside (0, 1], ``weight`` negative or not 1-D, a
+            non-integer ignore_index.
+    """
+
+    mode: str = "multiclass"
+    k: float = 0.1
+    weight: ClassValues = field(default=None, metadata=PER_CLASS)
+    ignore_index: int | None = None
+    reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        object.__setattr__(self, "weight", check_class_values("weight", self.weight, self.mode))
+        check_number(self.k, "k", maximum=1, greater_than=0)
 
 
 def _pixel_terms(
@@ -100,12 +134,12 @@ def ohem_cross_entropy(
     input: Tensor,
     target: Tensor,
     *,
-    mode: str = "multiclass",
-    thresh: float = 0.7,
-    min_kept: int = 100000,
-    weight: ClassValues = None,
-    ignore_index: int | None = None,
-    reduction: str = "mean",
+    mode: str = OhemOptions.mode,
+    thresh: float = OhemOptions.thresh,
+    min_kept: int = OhemOptions.min_kept,
+    weight: ClassValues = OhemOptions.weight,
+    ignore_index: int | None = OhemOptions.ignore_index,
+    reduction: str = OhemOptions.reduction,
 ) -> Tensor:
     r"""Cross-entropy over the hard pixels (OHEM), as mmsegmentation's ``OHEMPixelSampler``.
 
@@ -145,11 +179,17 @@ def ohem_cross_entropy(
         ValueError: bad ``mode``/``reduction``/``thresh``/``min_kept``/``weight``, and the checks of
             :func:`~seglosses.focal.cross_entropy`.
     """
-    _check_ohem(mode, thresh, min_kept, weight, ignore_index, reduction)
-    hardness, values, pixel_weight, valid = _pixel_terms(input, target, mode, weight, ignore_index)
-    kept_count = min(min_kept * hardness.shape[0], _counted(valid, hardness))
+    options = OhemOptions(mode=mode, thresh=thresh, min_kept=min_kept, weight=weight,
+                          ignore_index=ignore_index, reduction=reduction)  # fmt: skip
+    return _ohem(input, target, options, options.weight)
+
+
+def _ohem(input: Tensor, target: Tensor, o: OhemOptions, weight: ClassValues) -> Tensor:
+    """OHEM cross-entropy of the options ``o`` with the per-class ``weight`` (a module's buffer)."""
+    hardness, values, pixel_weight, valid = _pixel_terms(input, target, o.mode, weight, o.ignore_index)
+    kept_count = min(o.min_kept * hardness.shape[0], _counted(valid, hardness))
     # "not (l <= t)": a NaN loss is always kept, so that it shows in the result
-    limit = math.inf if thresh == 0 else -math.log(thresh)
+    limit = math.inf if o.thresh == 0 else -math.log(o.thresh)
     kept = ~(hardness <= limit)
     if kept_count > 0:
         kept |= ~(hardness < _kth_largest(hardness, valid, kept_count))
@@ -157,18 +197,18 @@ def ohem_cross_entropy(
         kept &= valid
     kept = kept.to(values.dtype)
     denominator = (kept if pixel_weight is None else kept * pixel_weight).sum()
-    return _reduce(values * kept, reduction, denominator)
+    return _reduce(values * kept, o.reduction, denominator)
 
 
 def topk_cross_entropy(
     input: Tensor,
     target: Tensor,
     *,
-    mode: str = "multiclass",
-    k: float = 0.1,
-    weight: ClassValues = None,
-    ignore_index: int | None = None,
-    reduction: str = "mean",
+    mode: str = TopKOptions.mode,
+    k: float = TopKOptions.k,
+    weight: ClassValues = TopKOptions.weight,
+    ignore_index: int | None = TopKOptions.ignore_index,
+    reduction: str = TopKOptions.reduction,
 ) -> Tensor:
     r"""Mean of the largest ``k * 100 %`` per-pixel cross-entropies, as nnU-Net's ``TopKLoss``.
 
@@ -202,14 +242,19 @@ def topk_cross_entropy(
         ValueError: bad ``mode``/``reduction``/``k``/``weight``, and the checks of
             :func:`~seglosses.focal.cross_entropy`.
     """
-    _check_topk(mode, k, weight, ignore_index, reduction)
-    _, values, _, valid = _pixel_terms(input, target, mode, weight, ignore_index)
+    options = TopKOptions(mode=mode, k=k, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    return _topk(input, target, options, options.weight)
+
+
+def _topk(input: Tensor, target: Tensor, o: TopKOptions, weight: ClassValues) -> Tensor:
+    """Top-k cross-entropy of the options ``o`` with the per-class ``weight`` (a module's buffer)."""
+    _, values, _, valid = _pixel_terms(input, target, o.mode, weight, o.ignore_index)
     counted = _counted(valid, values)
     # round(., 6): k * M computed in floating point may land just above an integer (0.1 * 30)
-    count = min(max(math.ceil(round(k * counted, 6)), 1), counted)
+    count = min(max(math.ceil(round(o.k * counted, 6)), 1), counted)
     v = values.detach()
     if count == 0:
-        return _reduce(values * 0, reduction, v.new_zeros(()))
+        return _reduce(values * 0, o.reduction, v.new_zeros(()))
     kth = _kth_largest(v, valid, count)
     above = ~(v <= kth)  # NaN counts as above, so that it shows in the result
     tied = v == kth
@@ -218,10 +263,10 @@ def topk_cross_entropy(
         tied &= valid
     share = (count - above.sum()).clamp_min(0) / tied.sum().clamp_min(1)
     selected = above.to(v.dtype) + tied.to(v.dtype) * share
-    return _reduce(values * selected, reduction, v.new_tensor(float(count)))
+    return _reduce(values * selected, o.reduction, v.new_tensor(float(count)))
 
 
-class OhemCrossEntropyLoss(nn.Module):
+class OhemCrossEntropyLoss(LossModule, options=OhemOptions):
     r"""Cross-entropy over the hard pixels (OHEM, as mmsegmentation's ``OHEMPixelSampler``), the module form
     of :func:`ohem_cross_entropy` (selection rule, arguments and reductions there).
 
@@ -230,8 +275,8 @@ class OhemCrossEntropyLoss(nn.Module):
         \text{ hardest} \}, \qquad \text{loss} = \frac{\sum_{\text{kept}} w_{y_i} \ell_i}
         {\sum_{\text{kept}} w_{y_i}}
 
-    The keyword arguments are stored as attributes of the same names (per-class ``weight`` as a
-    non-persistent float32 buffer).
+    The keyword arguments are kept in ``options`` (an :class:`OhemOptions`) and read as attributes of the
+    same names (per-class ``weight`` as a non-persistent float32 buffer).
 
     Shape:
         ``*`` is any number of spatial dims, including none.
@@ -260,38 +305,29 @@ class OhemCrossEntropyLoss(nn.Module):
     def __init__(
         self,
         *,
-        mode: str = "multiclass",
-        thresh: float = 0.7,
-        min_kept: int = 100000,
-        weight: ClassValues = None,
-        ignore_index: int | None = None,
-        reduction: str = "mean",
+        mode: str = OhemOptions.mode,
+        thresh: float = OhemOptions.thresh,
+        min_kept: int = OhemOptions.min_kept,
+        weight: ClassValues = OhemOptions.weight,
+        ignore_index: int | None = OhemOptions.ignore_index,
+        reduction: str = OhemOptions.reduction,
     ) -> None:
-        super().__init__()
-        _check_ohem(mode, thresh, min_kept, weight, ignore_index, reduction)
-        self.mode = mode
-        self.thresh = thresh
-        self.min_kept = min_kept
-        set_class_values(self, "weight", weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        super().__init__(OhemOptions(mode=mode, thresh=thresh, min_kept=min_kept, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction))  # fmt: skip
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return ohem_cross_entropy(input, target, **option_values(self, _OHEM_OPTIONS))
-
-    def extra_repr(self) -> str:
-        return options_repr(self, _OHEM_OPTIONS)
+        return _ohem(input, target, self.options, self.weight)
 
 
-class TopKCrossEntropyLoss(nn.Module):
+class TopKCrossEntropyLoss(LossModule, options=TopKOptions):
     r"""Mean of the largest ``k * 100 %`` per-pixel cross-entropies (nnU-Net's ``TopKLoss``), the module form
     of :func:`topk_cross_entropy` (arguments and reductions there).
 
     .. math::
         \text{loss} = \frac{1}{K} \sum_{j=1}^{K} v_{(j)}, \qquad K = \lceil k M \rceil
 
-    The keyword arguments are stored as attributes of the same names (per-class ``weight`` as a
-    non-persistent float32 buffer).
+    The keyword arguments are kept in ``options`` (a :class:`TopKOptions`) and read as attributes of the
+    same names (per-class ``weight`` as a non-persistent float32 buffer).
 
     Shape:
         ``*`` is any number of spatial dims, including none.
@@ -322,22 +358,14 @@ class TopKCrossEntropyLoss(nn.Module):
     def __init__(
         self,
         *,
-        mode: str = "multiclass",
-        k: float = 0.1,
-        weight: ClassValues = None,
-        ignore_index: int | None = None,
-        reduction: str = "mean",
+        mode: str = TopKOptions.mode,
+        k: float = TopKOptions.k,
+        weight: ClassValues = TopKOptions.weight,
+        ignore_index: int | None = TopKOptions.ignore_index,
+        reduction: str = TopKOptions.reduction,
     ) -> None:
-        super().__init__()
-        _check_topk(mode, k, weight, ignore_index, reduction)
-        self.mode = mode
-        self.k = k
-        set_class_values(self, "weight", weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        super().__init__(TopKOptions(mode=mode, k=k, weight=weight, ignore_index=ignore_index,
+                                     reduction=reduction))  # fmt: skip
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return topk_cross_entropy(input, target, **option_values(self, _TOPK_OPTIONS))
-
-    def extra_repr(self) -> str:
-        return options_repr(self, _TOPK_OPTIONS)
+        return _topk(input, target, self.options, self.weight)

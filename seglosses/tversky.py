@@ -16,48 +16,63 @@ only; ``tversky_loss(input.softmax(1), target, from_logits=False)`` supports a d
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from dataclasses import dataclass, field
 
-from seglosses._inputs import check_reduction, prepare
+import torch
+from torch import Tensor
+
+from seglosses._inputs import check_class_values, check_reduction, prepare
+from seglosses._options import PER_CLASS, LossModule
 from seglosses._overlap import class_weights_of, overlap_sums, reduce_per_class
-from seglosses._shared import ClassValues, hinted, option_values, options_repr, set_class_values
+from seglosses._shared import ClassValues, hinted
 from seglosses.checks import check_bool, check_ignore_index, check_number
 from seglosses.modes import check_mode
 
-__all__ = ["TverskyLoss", "tversky_loss"]
+__all__ = ["TverskyLoss", "TverskyOptions", "tversky_loss"]
 
 # For 0 < gamma < 1 the slope gamma * u ** (gamma - 1) of u ** gamma (u = 1 - TI) is infinite at u = 0, which
 # a perfect prediction at large logits reaches exactly in float32. Below POW_FLOOR the loss continues
 # linearly (u * POW_FLOOR ** (gamma - 1), continuous at POW_FLOOR, less than POW_FLOOR ** gamma), so the
 # gradient stays finite.
 POW_FLOOR = 1e-12
-_OPTIONS = (
-    "mode", "alpha", "beta", "gamma", "smooth", "ignore_index", "per_image", "include_background",
-    "from_logits", "reduction", "sync_ddp",
-)  # fmt: skip
 
 
-def _check_options(
-    mode: str,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    smooth: float,
-    ignore_index: int | None,
-    reduction: str,
-    sync_ddp: bool,
-) -> None:
-    """The checks that need no input, shared by :func:`tversky_loss` and :class:`TverskyLoss`."""
-    check_mode(mode)
-    check_reduction(reduction)
-    check_number(alpha, "alpha", minimum=0)
-    check_number(beta, "beta", minimum=0)
-    with hinted(" (1: Tversky; 0.75: the focal Tversky loss of Abraham & Khan)"):
-        check_number(gamma, "gamma", greater_than=0)
-    check_number(smooth, "smooth", minimum=0)
-    check_ignore_index(ignore_index)
-    check_bool(sync_ddp, "sync_ddp")
+@dataclass(frozen=True)
+class TverskyOptions:
+    """The options of :func:`tversky_loss` and :class:`TverskyLoss` (their meaning there), with their
+    defaults and checks; ``class_weights`` is kept as None, a number or a tuple of floats.
+
+    Raises:
+        ValueError: unknown mode or reduction, ``alpha``/``beta``/``smooth`` negative or not finite,
+            ``gamma`` not a finite number > 0, ``class_weights`` negative or not 1-D, a non-integer
+            ignore_index, a non-bool sync_ddp.
+    """
+
+    mode: str = "multiclass"
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 1.0
+    smooth: float = 1.0
+    class_weights: ClassValues = field(default=None, metadata=PER_CLASS)
+    ignore_index: int | None = None
+    per_image: bool = False
+    include_background: bool = True
+    from_logits: bool = True
+    reduction: str = "mean"
+    sync_ddp: bool = False
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        check_reduction(self.reduction)
+        check_number(self.alpha, "alpha", minimum=0)
+        check_number(self.beta, "beta", minimum=0)
+        with hinted(" (1: Tversky; 0.75: the focal Tversky loss of Abraham & Khan)"):
+            check_number(self.gamma, "gamma", greater_than=0)
+        check_number(self.smooth, "smooth", minimum=0)
+        weights = check_class_values("class_weights", self.class_weights, self.mode)
+        object.__setattr__(self, "class_weights", weights)
+        check_ignore_index(self.ignore_index)
+        check_bool(self.sync_ddp, "sync_ddp")
 
 
 def _power(u: Tensor, gamma: float) -> Tensor:
@@ -74,18 +89,18 @@ def tversky_loss(
     input: Tensor,
     target: Tensor,
     *,
-    mode: str = "multiclass",
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-    smooth: float = 1.0,
-    class_weights: ClassValues = None,
-    ignore_index: int | None = None,
-    per_image: bool = False,
-    include_background: bool = True,
-    from_logits: bool = True,
-    reduction: str = "mean",
-    sync_ddp: bool = False,
+    mode: str = TverskyOptions.mode,
+    alpha: float = TverskyOptions.alpha,
+    beta: float = TverskyOptions.beta,
+    gamma: float = TverskyOptions.gamma,
+    smooth: float = TverskyOptions.smooth,
+    class_weights: ClassValues = TverskyOptions.class_weights,
+    ignore_index: int | None = TverskyOptions.ignore_index,
+    per_image: bool = TverskyOptions.per_image,
+    include_background: bool = TverskyOptions.include_background,
+    from_logits: bool = TverskyOptions.from_logits,
+    reduction: str = TverskyOptions.reduction,
+    sync_ddp: bool = TverskyOptions.sync_ddp,
 ) -> Tensor:
     r"""Tversky loss; focal Tversky loss for ``gamma != 1``.
 
@@ -139,36 +154,45 @@ def tversky_loss(
             no class left to average over, or inputs that do not fit ``mode`` (see
             :func:`seglosses._inputs.prepare`).
     """
-    _check_options(mode, alpha, beta, gamma, smooth, ignore_index, reduction, sync_ddp)
-    prep = prepare(input, target, mode, ignore_index, from_logits=from_logits)
+    options = TverskyOptions(mode=mode, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
+                             class_weights=class_weights, ignore_index=ignore_index, per_image=per_image,
+                             include_background=include_background, from_logits=from_logits,
+                             reduction=reduction, sync_ddp=sync_ddp)  # fmt: skip
+    return _tversky(input, target, options, options.class_weights)
+
+
+def _tversky(input: Tensor, target: Tensor, o: TverskyOptions, class_weights: ClassValues) -> Tensor:
+    """The Tversky loss of the options ``o`` with the per-class ``class_weights`` (a module's buffer)."""
+    prep = prepare(input, target, o.mode, o.ignore_index, from_logits=o.from_logits)
     x = prep.input
     n, num_classes, _ = x.shape
     weights, total_weight = class_weights_of(
-        mode, class_weights, num_classes, ignore_index, include_background, like=x
+        o.mode, class_weights, num_classes, o.ignore_index, o.include_background, like=x
     )
-    tp, pred, card = overlap_sums(prep, mode=mode, from_logits=from_logits, per_image=per_image,
-                                  sync_ddp=sync_ddp)  # fmt: skip
+    tp, pred, card = overlap_sums(prep, mode=o.mode, from_logits=o.from_logits, per_image=o.per_image,
+                                  sync_ddp=o.sync_ddp)  # fmt: skip
     # FP = P - TP and FN = G - TP are >= 0; the clamp removes rounding below 0
-    errors = (pred - tp).clamp_min(0).mul(alpha) + (card - tp).clamp_min(0).mul(beta)
-    denominator = tp + errors + smooth
-    if smooth > 0:
+    errors = (pred - tp).clamp_min(0).mul(o.alpha) + (card - tp).clamp_min(0).mul(o.beta)
+    denominator = tp + errors + o.smooth
+    if o.smooth > 0:
         u = errors / denominator
     else:
         empty = denominator <= 0  # nothing predicted and nothing in the target: TI = 1
         u = torch.where(empty, 0.0, errors / denominator.masked_fill(empty, 1.0))
-    loss = _power(u, float(gamma)) * weights
-    return reduce_per_class(loss, total_weight, reduction, per_image, n)
+    loss = _power(u, float(o.gamma)) * weights
+    return reduce_per_class(loss, total_weight, o.reduction, o.per_image, n)
 
 
-class TverskyLoss(nn.Module):
+class TverskyLoss(LossModule, options=TverskyOptions):
     r"""Tversky / focal Tversky loss, the module form of :func:`tversky_loss` (formula, arguments and
     reductions there).
 
     .. math::
         \ell_c = \left(1 - \frac{TP_c + s}{TP_c + \alpha FP_c + \beta FN_c + s}\right)^{\gamma}
 
-    The keyword arguments are stored as attributes of the same names; ``class_weights`` (if given) is a
-    non-persistent (C,) float32 buffer that follows ``.to(device)``.
+    The keyword arguments are kept in ``options`` (a :class:`TverskyOptions`) and read as attributes of the
+    same names; ``class_weights`` (if given) is a non-persistent (C,) float32 buffer that follows
+    ``.to(device)``.
 
     Shape:
         ``*`` is any number of spatial dims, including none.
@@ -205,36 +229,24 @@ class TverskyLoss(nn.Module):
     def __init__(
         self,
         *,
-        mode: str = "multiclass",
-        alpha: float = 0.5,
-        beta: float = 0.5,
-        gamma: float = 1.0,
-        smooth: float = 1.0,
-        class_weights: ClassValues = None,
-        ignore_index: int | None = None,
-        per_image: bool = False,
-        include_background: bool = True,
-        from_logits: bool = True,
-        reduction: str = "mean",
-        sync_ddp: bool = False,
+        mode: str = TverskyOptions.mode,
+        alpha: float = TverskyOptions.alpha,
+        beta: float = TverskyOptions.beta,
+        gamma: float = TverskyOptions.gamma,
+        smooth: float = TverskyOptions.smooth,
+        class_weights: ClassValues = TverskyOptions.class_weights,
+        ignore_index: int | None = TverskyOptions.ignore_index,
+        per_image: bool = TverskyOptions.per_image,
+        include_background: bool = TverskyOptions.include_background,
+        from_logits: bool = TverskyOptions.from_logits,
+        reduction: str = TverskyOptions.reduction,
+        sync_ddp: bool = TverskyOptions.sync_ddp,
     ) -> None:
-        super().__init__()
-        _check_options(mode, alpha, beta, gamma, smooth, ignore_index, reduction, sync_ddp)
-        self.mode = mode
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
-        self.smooth = smooth
-        self.ignore_index = ignore_index
-        self.per_image = per_image
-        self.include_background = include_background
-        self.from_logits = from_logits
-        self.reduction = reduction
-        self.sync_ddp = sync_ddp
-        set_class_values(self, "class_weights", class_weights)
+        super().__init__(TverskyOptions(mode=mode, alpha=alpha, beta=beta, gamma=gamma, smooth=smooth,
+                                        class_weights=class_weights, ignore_index=ignore_index,
+                                        per_image=per_image, include_background=include_background,
+                                        from_logits=from_logits, reduction=reduction,
+                                        sync_ddp=sync_ddp))  # fmt: skip
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return tversky_loss(input, target, **option_values(self, (*_OPTIONS, "class_weights")))
-
-    def extra_repr(self) -> str:
-        return options_repr(self, _OPTIONS)
+        return _tversky(input, target, self.options, self.class_weights)

@@ -312,11 +312,14 @@ def test_other_configurations_call_the_terms(make, batch, count_term_calls):
 
 @pytest.mark.parametrize("gamma", [-1.0, float("nan")])
 def test_invalid_gamma_set_later_is_reported_by_the_focal_term(batch, gamma):
+    """Setting the option checks it (as a schedule would set it); the term keeps its gamma."""
     x, y = batch
     loss = focal_dice()
-    loss.losses["focal"].gamma = gamma
+    before = loss(x, y)
     with pytest.raises(ValueError, match="gamma"):
-        loss(x, y)
+        loss.losses["focal"].gamma = gamma
+    assert loss.losses["focal"].gamma == 2.0
+    torch.testing.assert_close(loss(x, y), before)
 
 
 def test_fused_flag_must_be_a_bool():

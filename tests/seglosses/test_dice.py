@@ -12,15 +12,9 @@ from hypothesis import strategies as st
 
 import seglosses._shared as shared_module
 from seglosses.dice import DiceLoss, dice_loss
+from tests.seglosses.references import CASES, SPATIAL, dense_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine waking them costs ms per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------- naive reference (float64, one-hot)
@@ -42,26 +36,9 @@ def reference_dice(
     assert set(options) <= set(REFERENCE_DEFAULTS), set(options) - set(REFERENCE_DEFAULTS)
     o = {**REFERENCE_DEFAULTS, **options}
     mode, ignore = o["mode"], o["ignore_index"]
-    x = input.double() if keep_graph else input.detach().double()
-    t = target.detach()
-    if mode == "binary" and x.shape[1:2] != (1,):  # (N, *) -> (N, 1, *)
-        x, t = x[:, None], t[:, None]
+    x, p, g, v = dense_reference(input, target, mode, ignore, from_logits=o["from_logits"],
+                                 keep_graph=keep_graph)  # fmt: skip
     num_classes = x.shape[1]
-    if not o["from_logits"]:
-        p = x
-    elif mode == "multiclass":
-        p = torch.softmax(x, 1)
-    else:
-        p = torch.sigmoid(x)
-    if mode == "multiclass" and not t.is_floating_point():  # class ids -> one-hot (N, C, *)
-        keep = torch.ones_like(t) if ignore is None else (t != ignore).long()
-        one_hot = torch.nn.functional.one_hot(t * keep, num_classes).movedim(-1, 1)
-        g = (one_hot * keep[:, None]).double()
-        v = keep[:, None].double().expand_as(g)
-    else:  # dense targets: an element equal to ignore_index is left out
-        t = t.double()
-        v = torch.ones_like(t) if ignore is None else (t != ignore).double()
-        g = t * v
     summed = [d for d in range(x.ndim) if d >= 2 or (d == 0 and not o["per_image"])]
 
     def pooled(values: torch.Tensor) -> torch.Tensor:
@@ -88,7 +65,6 @@ def reference_dice(
 
 
 # ---------------------------------------------------------------- inputs
-SPATIAL = {"2d": (3, 4), "3d": (2, 3, 2), "none": ()}
 N, C = 3, 4
 
 
@@ -114,15 +90,6 @@ def make_case(mode: str, spatial: tuple[int, ...], ignore: str, seed: int, n: in
         ignore_index = 255
         t = torch.where(torch.rand(shape, generator=gen, dtype=torch.float64) < 0.3, 255.0, t)
     return x, t, ignore_index
-
-
-CASES = [
-    (mode, dims, ignore)
-    for mode in ("multiclass", "binary", "multilabel")
-    for dims in SPATIAL
-    for ignore in ("none", "class", "255")
-    if not (ignore == "class" and mode != "multiclass")
-]
 
 
 @pytest.mark.parametrize(("mode", "dims", "ignore"), CASES)

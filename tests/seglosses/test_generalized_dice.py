@@ -11,18 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from seglosses import GeneralizedDiceLoss, generalized_dice_loss
+from tests.seglosses.references import CASES, SPATIAL, dense_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, C = 3, 4
-SPATIAL = {"2d": (3, 4), "3d": (2, 3, 2), "none": ()}
 
 
 def make_case(mode, spatial, ignore, seed, n=N, soft=False):
@@ -53,18 +46,8 @@ def reference_gdl(x, t, *, mode="multiclass", weight_type="square", smooth_nr=1e
                   reduction="mean"):  # fmt: skip
     """1 - (2 sum_c w_c I_c + s_nr) / (sum_c w_c (P_c + G_c) + s_dr), w_c from the target volumes, absent
     classes at the largest present weight; float64, one-hot target, 0/1 mask."""
-    x = x.detach().double()
-    if mode == "binary" and x.shape[1:2] != (1,):
-        x, t = x[:, None], t[:, None]
+    x, p, g, v = dense_reference(x, t, mode, ignore_index, from_logits=from_logits)
     c = x.shape[1]
-    p = x if not from_logits else (torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x))
-    if mode == "multiclass" and not t.is_floating_point():
-        keep = torch.ones_like(t) if ignore_index is None else (t != ignore_index).long()
-        g = F.one_hot(t * keep, c).movedim(-1, 1).double() * keep[:, None]
-        v = keep[:, None].double().expand_as(g)
-    else:
-        v = torch.ones_like(t) if ignore_index is None else (t != ignore_index).double()
-        g = t.double() * v
     include = torch.ones(c, dtype=torch.bool)
     if not include_background and mode != "binary":
         include[0] = False
@@ -85,15 +68,6 @@ def reference_gdl(x, t, *, mode="multiclass", weight_type="square", smooth_nr=1e
     if not per_image:
         return loss[0]
     return {"none": loss, "sum": loss.sum(), "mean": loss.mean()}[reduction]
-
-
-CASES = [
-    (mode, dims, ignore)
-    for mode in ("multiclass", "binary", "multilabel")
-    for dims in SPATIAL
-    for ignore in ("none", "class", "255")
-    if not (ignore == "class" and mode != "multiclass")
-]
 
 
 @pytest.mark.parametrize(("mode", "dims", "ignore"), CASES)

@@ -11,21 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import seglosses.lovasz as lovasz_module
+import seglosses._lovasz_core as lovasz_module
 from seglosses import LovaszLoss, lovasz_loss
+from tests.seglosses.references import CASES, SPATIAL, dense_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine waking them costs ms per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, C = 3, 4
-SPATIAL = {"2d": (3, 4), "3d": (2, 3, 2), "none": ()}
 
 
 def make_case(mode, spatial, ignore, seed, n=N, soft=False, scale=2.0):
@@ -63,20 +55,9 @@ def lovasz_of(errors: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def dense(x, t, mode, ignore_index):
     """(x, g, v) as (N, C, S) float64: logits or probabilities, the (one-hot) target, the counted mask."""
-    x = x.detach().double()
-    if mode == "binary" and x.shape[1:2] != (1,):
-        x, t = x[:, None], t[:, None]
+    x, _, g, v = dense_reference(x, t, mode, ignore_index, from_logits=False)
     n, c = x.shape[:2]
-    x = x.reshape(n, c, -1)
-    if mode == "multiclass" and not t.is_floating_point():
-        keep = torch.ones_like(t) if ignore_index is None else (t != ignore_index).long()
-        g = F.one_hot(t * keep, c).movedim(-1, 1).double().reshape(n, c, -1)
-        v = keep.reshape(n, 1, -1).bool().expand(n, c, -1)
-    else:
-        t = t.double().reshape(n, c, -1)
-        v = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
-        g = torch.where(v, t, 0.0)
-    return x, g, v
+    return x.reshape(n, c, -1), g.reshape(n, c, -1), v.bool().reshape(n, c, -1)
 
 
 def reference_lovasz(x, t, *, mode="multiclass", per_image=False, classes="present", class_weights=None,
@@ -112,15 +93,6 @@ def reference_lovasz(x, t, *, mode="multiclass", per_image=False, classes="prese
     rows = weights.sum(1)
     means = [weighted[r].sum() / rows[r] for r in range(len(groups)) if rows[r] > 0]
     return torch.stack(means).mean() if means else torch.zeros((), dtype=torch.float64)
-
-
-CASES = [
-    (mode, dims, ignore)
-    for mode in ("multiclass", "binary", "multilabel")
-    for dims in SPATIAL
-    for ignore in ("none", "class", "255")
-    if not (ignore == "class" and mode != "multiclass")
-]
 
 
 @pytest.mark.parametrize(("mode", "dims", "ignore"), CASES)

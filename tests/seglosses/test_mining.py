@@ -12,14 +12,7 @@ import torch.nn.functional as F
 
 from seglosses import OhemCrossEntropyLoss, TopKCrossEntropyLoss, ohem_cross_entropy, topk_cross_entropy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, C = 2, 4
 WEIGHT = [0.5, 2.0, 1.0, 3.0]

@@ -10,19 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from seglosses import DiceLoss, TverskyLoss, dice_loss, tversky_loss
+from tests.seglosses.references import CASES, SPATIAL, dense_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine waking them costs ms per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N, C = 3, 4
-SPATIAL = {"2d": (3, 4), "3d": (2, 3, 2), "none": ()}
 
 
 def make_case(mode: str, spatial: tuple[int, ...], ignore: str, seed: int, n: int = N, soft: bool = False):
@@ -52,18 +44,8 @@ def reference_tversky(x, t, *, mode, alpha=0.5, beta=0.5, gamma=1.0, smooth=1.0,
                       reduction="mean"):  # fmt: skip
     """TI = (TP + s) / (TP + alpha FP + beta FN + s), loss (1 - TI)^gamma, written out in float64 with a
     one-hot target and a 0/1 mask per element."""
-    x = x.detach().double()
-    if mode == "binary" and x.shape[1:2] != (1,):
-        x, t = x[:, None], t[:, None]
+    x, p, g, v = dense_reference(x, t, mode, ignore_index, from_logits=from_logits)
     num_classes = x.shape[1]
-    p = x if not from_logits else (torch.softmax(x, 1) if mode == "multiclass" else torch.sigmoid(x))
-    if mode == "multiclass" and not t.is_floating_point():
-        keep = torch.ones_like(t) if ignore_index is None else (t != ignore_index).long()
-        g = F.one_hot(t * keep, num_classes).movedim(-1, 1).double() * keep[:, None]
-        v = keep[:, None].double().expand_as(g)
-    else:
-        v = torch.ones_like(t) if ignore_index is None else (t != ignore_index).double()
-        g = t.double() * v
     dims = [d for d in range(x.ndim) if d >= 2 or (d == 0 and not per_image)]
 
     def total(values):
@@ -85,15 +67,6 @@ def reference_tversky(x, t, *, mode, alpha=0.5, beta=0.5, gamma=1.0, smooth=1.0,
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / (w.sum() * (x.shape[0] if per_image else 1))
-
-
-CASES = [
-    (mode, dims, ignore)
-    for mode in ("multiclass", "binary", "multilabel")
-    for dims in SPATIAL
-    for ignore in ("none", "class", "255")
-    if not (ignore == "class" and mode != "multiclass")
-]
 
 
 @pytest.mark.parametrize(("mode", "dims", "ignore"), CASES)
