@@ -45,6 +45,7 @@ from runs.evaluation import write_evaluation_outputs
 from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
+from runs.unused_overrides import check_job_overrides
 from safeio import write_json
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def run(cfg: DictConfig) -> float | None:
     sweeper optimises), or None when it was not computed or is NaN (always None for ``train=false``;
     Optuna counts None as a failed trial, a NaN would end the search)."""
     check_config(cfg)
+    check_job_overrides(cfg)  # a job of a sweep: every override it sets is used (runs.unused_overrides)
     check_run_directory(cfg.paths.output_dir, bool(cfg.train), cfg.ckpt_path)  # never over earlier results
     if not cfg.train:
         evaluate(cfg)

@@ -79,19 +79,22 @@ def test_gpu_preset_is_bf16(tmp_path):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_gamma_and_alpha_override_every_loss(tmp_path, loss):
-    """`loss.gamma`/`loss.alpha` are accepted by every loss and reach every focal term."""
-    cfg = make_cfg(tmp_path, f"loss={loss}", "loss.gamma=1.5", "loss.alpha=0.5")
+def test_loss_gamma_and_alpha_reach_every_focal_term(tmp_path, loss):
+    """`loss.gamma`/`loss.alpha` reach every focal term and the schedule; the options without a focal term
+    have them null (setting them there is refused: tests/runs/test_unused_overrides.py)."""
+    focal_options = {"focal", "focal_dice"}  # focal_tversky: its own exponent, loss.tversky_gamma
+    extra = ("loss.gamma=1.5", "loss.alpha=0.5") if loss in focal_options else ()
+    cfg = make_cfg(tmp_path, f"loss={loss}", *extra)
     module = instantiate(cfg.loss.module)
     focal = [m for m in module.modules() if type(m) is FocalLoss]
-    assert bool(focal) == (loss in {"focal", "focal_dice"})  # focal_tversky: its own exponent, no FocalLoss
+    assert bool(focal) == (loss in focal_options)
     for term in focal:
         assert term.gamma == 1.5 and term.alpha == 0.5
     if focal:
         schedule = instantiate(cfg.loss.schedule)
         assert schedule(0) == 1.5 and schedule(cfg.trainer.max_epochs - 1) == 1.5
     else:
-        assert cfg.loss.schedule is None
+        assert cfg.loss.schedule is None and cfg.loss.gamma is None and cfg.loss.alpha is None
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -336,13 +339,15 @@ def test_train_py_subprocess_writes_the_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_gamma_over_losses_with_and_without_focal_term(tmp_path):
+def test_multirun_sweeps_gamma_over_focal_losses(tmp_path):
+    """A sweep of gamma over options that read it (a sweep that includes `ce` is refused before its first
+    job: tests/runs/test_unused_overrides.py)."""
     overrides = [o for o in tiny(tmp_path) if not o.startswith(("paths.output_dir", "logger="))]
-    cmd = [sys.executable, "train.py", "-m", "loss=ce,focal", "loss.gamma=0.5", "debug=fdr", "~logger",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    cmd = [sys.executable, "train.py", "-m", "loss=focal,focal_dice", "loss.gamma=0.5", "debug=fdr",
+           "~logger", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for job, loss in enumerate(("ce", "focal")):
+    for job, loss in enumerate(("focal", "focal_dice")):
         job_dir = tmp_path / "sweep" / str(job)
         assert json.loads((job_dir / "metrics.json").read_text())["test"]["mIoU"] is not None
         config = (job_dir / ".hydra" / "config.yaml").read_text()
