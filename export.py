@@ -13,6 +13,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from runs.console import quiet_third_party
 from runs.errors import one_line_errors
 from runs.exporting import export
 
@@ -20,6 +21,7 @@ from runs.exporting import export
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # Lightning's tips, deprecation notes of its dependencies (runs.console)
     result = export(cfg)
     print(f"exported {result.model} (+ {result.sidecar.name}); check on {result.check_shape}: "
           f"max |diff| {result.max_abs_diff:.3g}")

@@ -15,6 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from runs.console import quiet_third_party
 from runs.errors import one_line_errors
 from runs.predicting import predict
 
@@ -22,6 +23,7 @@ from runs.predicting import predict
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # Lightning's tips, deprecation notes of its dependencies (runs.console)
     summary = predict(cfg)
     if summary.skipped:
         print(f"{len(summary.skipped)} of {summary.done + len(summary.skipped)} images were skipped",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from runs.console import quiet_third_party
 from runs.ddp import prepare_argv
 from runs.errors import one_line_errors
 from runs.jobs import run_job
@@ -34,6 +35,7 @@ from runs.training import run
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
+    quiet_third_party()  # Lightning's tips, deprecation notes of its dependencies (runs.console)
     # Timed, recorded in job_status.json; in a -m sweep a failing job returns None and the sweep goes on.
     return run_job(run, cfg)
 

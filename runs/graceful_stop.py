@@ -59,6 +59,6 @@ class GracefulStop(pl.Callback):
         stop_request.training = False
         last = last_checkpoint_path(trainer)
         if last is not None:
-            trainer.save_checkpoint(last)  # collective under DDP: every process is here
+            trainer.save_checkpoint(last, weights_only=False)  # collective under DDP: every process is here
         signum = stop_request.signum if stop_request.signum is not None else signal.SIGTERM  # another rank's
         raise RunInterrupted(signum, epochs_done=trainer.current_epoch, last_checkpoint=last)
