@@ -65,8 +65,8 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
                             category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
     # "Checkpoint directory RUN/checkpoints exists and is not empty.": a new run never gets a directory with
-    # checkpoints (runs.run_dir refuses it before Hydra writes); the only runs that do are resumes in place,
-    # where the checkpoints are expected.
+    # checkpoints (runs.run_dir refuses it before Hydra writes); the only runs that do are resumes (in place,
+    # or into a new directory, where RunCheckpoint has copied the resumed run's best checkpoint).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty",
                             category=UserWarning, module=r"pytorch_lightning\.callbacks\.model_checkpoint")
     # "The number of training batches (N) is smaller than the logging interval Trainer(log_every_n_steps=5)":
