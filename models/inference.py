@@ -67,11 +67,14 @@ __all__ = [
     "PAD_MODES",
     "AccumulationPlan",
     "InferenceConfig",
+    "InferencePredictor",
     "activation_for_mode",
     "importance_vector",
     "labels_from_probabilities",
+    "logits_from_probabilities",
     "plan_accumulation",
     "predict_probabilities",
+    "predictor_for",
     "tile_starts",
 ]
 
@@ -515,3 +518,38 @@ def labels_from_probabilities(probs: Tensor, mode: str, threshold: float = 0.5) 
         return (probs[:, 0] > threshold).long()
     assert mode == MULTILABEL_MODE
     return (probs > threshold).long()
+
+
+def logits_from_probabilities(probs: Tensor, mode: str, eps: float = 1e-7) -> Tensor:
+    """Logits whose activation gives ``probs`` back (softmax: ``log p``; sigmoid: ``log(p / (1 - p))``),
+    clamped to ``[eps, 1 - eps]`` so that they stay finite."""
+    p = probs.float().clamp(eps, 1 - eps)
+    if activation_for_mode(mode) == "softmax":
+        return p.log()
+    return p.log() - torch.log1p(-p)
+
+
+@dataclass(frozen=True)
+class InferencePredictor:
+    """``predictor(network, images) -> logits``: :func:`predict_probabilities` with ``config`` (the same
+    inferer as ``predict.py``), turned back into logits (:func:`logits_from_probabilities`) on the images'
+    device, so that a loss can be computed on them. What ``runs.build`` gives the LightningModule as its
+    ``test_predictor``."""
+
+    config: InferenceConfig
+    mode: str
+
+    def __call__(self, network: nn.Module, images: Tensor) -> Tensor:
+        probs = predict_probabilities(network, images, self.config, activation=activation_for_mode(self.mode))
+        return logits_from_probabilities(probs.to(images.device), self.mode)
+
+
+def predictor_for(config: InferenceConfig | None, mode: str) -> InferencePredictor | None:
+    """The test split's predictor for ``config``; ``None`` (one forward pass of the padded batch) when
+    ``config`` is None or plain whole-image inference without TTA, which is the same."""
+    if config is not None and not isinstance(config, InferenceConfig):
+        raise ValueError(f"inference must be an InferenceConfig or None, got {type(config).__name__}")
+    if config is None or (config.mode == "whole" and not config.tta):
+        return None
+    return InferencePredictor(config, check_mode(mode))
+

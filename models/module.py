@@ -13,16 +13,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
+from evaluation.per_image import PerImageCounts, per_image_counts
+from evaluation.tables import print_class_table, summarize, worst_images_table
 from models.inference import InferenceConfig, activation_for_mode, predict_probabilities
 from models.inference_checkpoint import INFERENCE_KEY
-from models.metrics import (
-    MultilabelSegmentationMetrics,
-    PerImageCounts,
-    SegmentationMetrics,
-    metric_logs,
-    per_image_counts,
-)
-from models.report import print_class_table, summarize, worst_images_table
 from seglosses.checks import check_choice, check_ignore_index, check_int
 from seglosses.distributed import distributed_world
 from seglosses.modes import BINARY_MODE, MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
@@ -52,7 +47,7 @@ class SegmentationModule(pl.LightningModule):
             ``class_0``, ... (binary: ``background``, ``foreground``; a single name is the foreground).
         ignore_index: mask value left out of loss and metrics (``None``: none).
         mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"`` (labels scored one by one as binary
-            problems, prediction ``logit > 0``: :class:`models.metrics.MultilabelSegmentationMetrics`).
+            problems, prediction ``logit > 0``: :class:`evaluation.confusion.MultilabelSegmentationMetrics`).
         scheduler: ``scheduler(optimizer=...)`` -> LR scheduler (Hydra partial) or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric for ``ReduceLROnPlateau``-style schedulers.
@@ -77,14 +72,14 @@ class SegmentationModule(pl.LightningModule):
     tracked on the device, so without a device sync per batch).
 
     Attributes:
-        results: ``{"val": ..., "test": ...}``, the latest :func:`models.report.summarize` of each stage plus
-            its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run);
+        results: ``{"val": ..., "test": ...}``, the latest :func:`evaluation.tables.summarize` of each stage
+            plus its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run);
             what the training script writes to ``metrics.json``.
         confusion: ``{"val": ..., "test": ...}``, the confusion matrix of each stage's latest evaluation
             (not of the sanity check), summed over DDP ranks, on the CPU, int64: (C, C) ``[true, predicted]``
             (multilabel: (C, 2, 2) ``[[TN, FP], [FN, TP]]`` per label).
         per_image: ``{"test": PerImageCounts}``, the per-class pixel counts of every test image
-            (:class:`models.metrics.PerImageCounts`), gathered from all DDP ranks onto every rank (each
+            (:class:`evaluation.per_image.PerImageCounts`), gathered from all DDP ranks onto every rank (each
             image once: the evaluation samplers do not pad), rows sorted by image name.
     """
 

@@ -5,7 +5,8 @@ that ``python -m runs.summary`` and DDP child processes load only what they need
 - ``runs.build``: the config's objects (datamodule, loss, module, trainer) and ``check_config``
 - ``runs.trained``: ``load_trained_module``, a trained model from a checkpoint for a config
 - ``runs.jobs``: per-job status and failure handling in sweeps (``run_job``, ``job_status.json``)
-- ``runs.summary``: the sweep summary (a Hydra callback, ``collect``, ``write_summary``); no torch
+- ``runs.summary``: the sweep summary's Hydra callback and ``python -m runs.summary`` (the summary itself:
+  ``evaluation.sweeps``); no torch
 - ``runs.ranks``: which process of a (DDP) run this is, from the environment; no torch
 - ``runs.ddp``: DDP under Hydra (``HydraDDPStrategy``, ``ddp_job``, ``prepare_argv``)
 """

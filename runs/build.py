@@ -26,8 +26,8 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
+from evaluation.grids import default_class_colors
 from models import InferenceInfo, size_multiple
-from models.callbacks import default_class_colors
 from models.inference import InferenceConfig
 from runs.checkpoint_io import AtomicCheckpointIO
 from runs.graceful_stop import GracefulStop

@@ -11,7 +11,7 @@
 inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``inference.tta=[hflip]``).
 ``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
 and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation files written
-next to it (:mod:`runs.evaluation`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
+next to it (:mod:`evaluation.files`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
 validation epoch; not with ``train=false``) and ``confusion_test.csv``/``.png``. The loggers get the
 heatmaps (TensorBoard: images ``confusion/<split>``) and, where they keep files (MLflow), every file
 (:mod:`runs.tracking`).
@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
 
+from evaluation.files import METRICS_JSON, write_evaluation_outputs, write_metrics
 from models import check_checkpoint, read_checkpoint
 from runs.build import (
     build,
@@ -41,15 +42,13 @@ from runs.build import (
     check_train_batches,
 )
 from runs.ddp import ddp_job
-from runs.evaluation import write_evaluation_outputs
 from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
-from safeio import write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "fit_and_test", "print_summary", "run", "write_metrics"]
+__all__ = ["evaluate", "fit_and_test", "print_summary", "run"]
 
 
 def checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
@@ -59,12 +58,6 @@ def checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
 
 def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, Any] | None:
     return None if result is None else {**result, "epoch": epoch}
-
-
-def write_metrics(path: Path, record: dict[str, Any]) -> None:
-    """``record`` as JSON, atomically; NaN/inf scores (a split whose pixels are all ignored) as null."""
-    write_json(path, record)
-    log.info("metrics written to %s", path)
 
 
 def print_summary(record: dict[str, Any]) -> None:
@@ -91,7 +84,7 @@ def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, record: dict[str, Any]) -> None:
-    """Global rank 0: the evaluation files of the splits in ``record`` (:mod:`runs.evaluation`),
+    """Global rank 0: the evaluation files of the splits in ``record`` (:mod:`evaluation.files`),
     ``metrics.json``, the final table; the heatmaps and files to the loggers."""
     if record.get("test") is not None:
         record["test_inference"] = _inference_record(cfg)
@@ -104,12 +97,12 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, recor
     written = write_evaluation_outputs(out, module.class_names, {s: module.confusion[s] for s in splits},
                                        per_image, epochs)
     record["outputs"] = {key: path.name for key, path in written.items()}
-    write_metrics(out / "metrics.json", record)
+    write_metrics(out / METRICS_JSON, record)
     print_summary(record)
     for split in splits:
         png = written[f"confusion_{split}_png"]
         log_figure(trainer.loggers, f"confusion/{split}", png, step=epochs[split])
-    files = [out / "metrics.json", *(p for key, p in written.items() if not key.endswith("_png"))]
+    files = [out / METRICS_JSON, *(p for key, p in written.items() if not key.endswith("_png"))]
     log_files(trainer.loggers, files)
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from evaluation.confusion import MultilabelSegmentationMetrics
 from models import SegmentationModule
-from models.metrics import MultilabelSegmentationMetrics
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss

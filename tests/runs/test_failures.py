@@ -17,9 +17,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from evaluation.files import write_metrics
+from evaluation.sweeps import write as sweep_write
 from runs import jobs, summary
 from runs.build import build, build_loss, check_train_batches
-from runs.training import print_summary, run, write_metrics
+from runs.training import print_summary, run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,7 +312,7 @@ def test_sweep_exit_status_when_the_summary_itself_fails(tmp_path, capsys, monke
     def broken(*args, **kwargs):
         raise RuntimeError("no plot today")
 
-    monkeypatch.setattr(summary, "plot", broken)
+    monkeypatch.setattr(sweep_write, "plot", broken)
     with pytest.raises(SystemExit):
         _end(root)
     assert "1 of 2 jobs not ok (1 failed); summary: not complete, rebuild it with python -m runs.summary" in (

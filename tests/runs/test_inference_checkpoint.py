@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
+from evaluation.grids import color_palette
 from models import load_for_inference, read_checkpoint
-from models.callbacks import color_palette
 from models.inference_checkpoint import INFERENCE_FORMAT, INFERENCE_KEY, InferenceInfo
 from runs.trained import load_trained_module
 from tests.overrides import SMALL_UNET

@@ -313,7 +313,7 @@ def test_binary_masks_and_overlays_show_the_foreground(tmp_path, colors):
 
 
 def test_multilabel_masks_use_the_flag_colours_of_the_grids(tmp_path):
-    from models.callbacks import default_class_colors, flag_palette
+    from evaluation.grids import default_class_colors, flag_palette
 
     assert default_class_colors("multilabel", 3) == [flag_palette(3)[f].tolist() for f in (1, 2, 4)]
     assert [0, 0, 0] not in default_class_colors("multilabel", 3)  # every label shows

@@ -1,6 +1,6 @@
-"""Per-image pixel counts and scores (models.metrics.per_image_counts, PerImageCounts), the worst-images
-table, and SegmentationModule's test-stage per-image rows and confusion matrices, against numpy brute
-force."""
+"""Per-image pixel counts and scores (evaluation.per_image: per_image_counts, PerImageCounts), the
+worst-images table, and SegmentationModule's test-stage per-image rows and confusion matrices, against
+numpy brute force."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from models.metrics import (
-    MultilabelSegmentationMetrics,
-    PerImageCounts,
-    SegmentationMetrics,
-    per_image_counts,
-)
-from models.report import worst_images, worst_images_table
+from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics
+from evaluation.per_image import PerImageCounts, per_image_counts
+from evaluation.tables import worst_images, worst_images_table
 
 IGNORE = 255
 
