@@ -55,9 +55,10 @@ class EvaluationReport:
         return rarest(dict(zip(self.class_names, shares, strict=True)))
 
     def show(self, stage: str, scores: dict[str, Tensor], epoch: int | None,
-             per_image: PerImageCounts | None = None) -> None:
+             per_image: PerImageCounts | None = None, checkpoint_epoch: int | None = None) -> None:
         """Print what ``print_tables`` asks for after an evaluation of ``stage`` (``epoch``: the epoch
-        validated during fitting, else None); ``per_image``: the test's rows."""
+        validated during fitting, else None); ``per_image``: the test's rows; ``checkpoint_epoch``: the
+        epoch of the checkpoint evaluated outside fitting, named in the table's title."""
         scores = {k: v.cpu() for k, v in scores.items()}
         fitting = stage == "val" and epoch is not None
         if fitting:
@@ -69,6 +70,8 @@ class EvaluationReport:
         console = rich.get_console()
         if not fitting or self.print_tables == "every_epoch":
             title = stage if epoch is None else f"{stage} (epoch {epoch})"
+            if epoch is None and checkpoint_epoch is not None:
+                title = f"{stage} (checkpoint of epoch {checkpoint_epoch})"
             print_class_table(scores, self.class_names, title, console=console)
             if per_image is not None and self.worst_images > 0:
                 n = min(self.worst_images, len(per_image))

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.gamma_schedule import restore_loss_gammas
+
 __all__ = ["CheckpointMismatchError", "check_checkpoint", "load_checkpoint_weights", "read_checkpoint"]
 
 HPARAMS_CHECKED = ("mode", "num_classes", "class_names")
@@ -80,14 +82,16 @@ def check_checkpoint(
 
 
 def load_checkpoint_weights(module: nn.Module, path: str | Path) -> dict[str, Any]:
-    """:func:`read_checkpoint`, :func:`check_checkpoint`, then load the weights strictly (and call the
-    module's ``on_load_checkpoint``, which restores e.g. focal gammas). Returns the checkpoint."""
+    """:func:`read_checkpoint`, :func:`check_checkpoint`, then load the weights strictly, call the module's
+    ``on_load_checkpoint`` and set the focal gammas the checkpoint recorded
+    (:func:`models.gamma_schedule.restore_loss_gammas`). Returns the checkpoint."""
     checkpoint = read_checkpoint(path)
     check_checkpoint(module, checkpoint, path)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     hook = getattr(module, "on_load_checkpoint", None)
     if callable(hook):
         hook(checkpoint)
+    restore_loss_gammas(getattr(module, "loss", module), checkpoint)
     return checkpoint
 
 

@@ -27,8 +27,9 @@ from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from evaluation.grids import default_class_colors
+from evaluation.rare import rarest
 from models import InferenceInfo, size_multiple
-from models.inference import InferenceConfig
+from models.inference import InferenceConfig, predictor_for
 from runs.checkpoint_io import AtomicCheckpointIO
 from runs.graceful_stop import GracefulStop
 from runs.ranks import is_global_zero
@@ -360,6 +361,7 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
     test_inference = None
     if cfg.get("inference") is not None:
         test_inference = build_inference(cfg.inference, size_multiple(network), datamodule.training_size)
+    rare = rarest(dict(zip(stats.class_names, stats.pixel_counts.tolist(), strict=True)))  # the epoch line's
     module = build(
         cfg.module,
         "module",
@@ -368,9 +370,10 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
         optimizer=build_optimizer(cfg, network),
         scheduler=scheduler,
         class_names=list(datamodule.class_names),
+        rare_classes=rare,
     )
     # Set here, not passed to instantiate: OmegaConf would try to merge the dataclass into the config.
-    module.test_inference = test_inference
+    module.test_predictor = predictor_for(test_inference, module.mode)
     module.inference_info = inference_info(cfg, datamodule, network, module.class_names).to_dict()
     return module
 

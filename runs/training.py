@@ -60,9 +60,10 @@ def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, A
     return None if result is None else {**result, "epoch": epoch}
 
 
-def print_summary(record: dict[str, Any]) -> None:
-    """The run's final table: mean scores of the best validation epoch and of the test split."""
-    table = Table(title="final results", caption=f"weights: {record.get('checkpoint') or 'last epoch'}")
+def print_summary(record: dict[str, Any], output_dir: str | Path | None = None) -> None:
+    """The run's final table (mean scores of the best validation epoch and of the test split), then the
+    weights that were scored and the files, each path on its own line (never wrapped into a table)."""
+    table = Table(title="final results")
     for column in ("split", "epoch", "mIoU", "mDice", "pixel acc"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split in ("val", "test"):
@@ -72,6 +73,11 @@ def print_summary(record: dict[str, Any]) -> None:
             cells = ["nan" if v is None or not math.isfinite(v) else f"{100 * v:.2f}" for v in values]
             table.add_row(split, str(result.get("epoch", "")), *cells)
     Console().print(table)
+    print(f"weights: {record.get('checkpoint') or 'the last epoch'}")
+    if record.get("last_checkpoint"):
+        print(f"last checkpoint: {record['last_checkpoint']}")
+    if output_dir is not None:
+        print(f"metrics: {Path(output_dir) / METRICS_JSON}", flush=True)
 
 
 def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
@@ -98,7 +104,7 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, recor
                                        per_image, epochs)
     record["outputs"] = {key: path.name for key, path in written.items()}
     write_metrics(out / METRICS_JSON, record)
-    print_summary(record)
+    print_summary(record, out)
     for split in splits:
         png = written[f"confusion_{split}_png"]
         log_figure(trainer.loggers, f"confusion/{split}", png, step=epochs[split])

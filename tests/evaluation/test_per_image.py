@@ -200,7 +200,7 @@ def test_test_stage_keeps_per_image_counts_of_mixed_size_batches(mode, make_modu
     multilabel = mode == "multilabel"
     num_classes = {"multiclass": 3, "binary": 1, "multilabel": 3}[mode]
     module = make_module(lambda logits, target: logits.mean(), num_classes=num_classes, mode=mode,
-                         class_names=None, print_tables=True, worst_images=2)
+                         class_names=None, print_tables="best_and_test", worst_images=2)
     dataset = MixedSizes(num_classes=2 if mode == "binary" else 3, multilabel=multilabel)
     trainer().test(module, dataloaders=DataLoader(dataset, batch_size=1), verbose=False)
 
@@ -225,7 +225,8 @@ def test_test_stage_keeps_per_image_counts_of_mixed_size_batches(mode, make_modu
 
 
 def test_worst_images_zero_prints_no_table_and_is_checked(make_module, trainer, capsys):
-    module = make_module(nn.CrossEntropyLoss(ignore_index=IGNORE), print_tables=True, worst_images=0)
+    module = make_module(nn.CrossEntropyLoss(ignore_index=IGNORE), print_tables="best_and_test",
+                         worst_images=0)
     trainer().test(module, dataloaders=DataLoader(MixedSizes(), batch_size=1), verbose=False)
     out = capsys.readouterr().out
     assert "test" in out and "worst images" not in out

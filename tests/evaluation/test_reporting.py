@@ -60,10 +60,11 @@ def test_best_and_test_prints_one_line_per_fit_epoch_and_tables_otherwise(consol
     assert len(lines) == 2 and "Pixel share" not in "".join(lines)  # no table during fit
     assert lines[1].startswith("val epoch 1: ")
     assert lines[1].endswith(f"best {100 * float(good['mIoU']):.2f} (epoch 0)")
-    report.show("val", good, epoch=None)  # validate of the best checkpoint: the table
+    report.show("val", good, epoch=None, checkpoint_epoch=0)  # validate of the best checkpoint: the table
     report.show("test", good, epoch=None)
     text = console.export_text()
     assert text.count("Pixel share") == 2 and "val epoch" not in text
+    assert "val (checkpoint of epoch 0)" in text
 
 
 def test_every_epoch_prints_the_table_and_the_line(console):

@@ -3,6 +3,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from models.checkpoint import CheckpointMismatchError, load_checkpoint_weights, read_checkpoint
+from models.gamma_schedule import GammaScheduleCallback
 from seglosses.focal import FocalLoss
 
 
@@ -11,7 +12,8 @@ def trained(make_module, trainer, loader, tmp_path):
     """A module fitted for one epoch, its test results, and its checkpoint."""
     module = make_module(FocalLoss(mode="multiclass", gamma=2.0, ignore_index=255))
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best")
-    t = trainer(max_epochs=1, limit_train_batches=2, enable_checkpointing=True, callbacks=[checkpoint])
+    callbacks = [checkpoint, GammaScheduleCallback(None)]  # it stores the loss's gammas in checkpoints
+    t = trainer(max_epochs=1, limit_train_batches=2, enable_checkpointing=True, callbacks=callbacks)
     t.fit(module, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     module.loss.gamma = 0.5  # as a gamma schedule would have left it
     t.save_checkpoint(tmp_path / "best.ckpt")

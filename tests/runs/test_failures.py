@@ -19,7 +19,7 @@ from PIL import Image
 
 from evaluation.files import write_metrics
 from evaluation.sweeps import write as sweep_write
-from runs import jobs, summary
+from runs import jobs
 from runs.build import build, build_loss, check_train_batches
 from runs.training import print_summary, run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
