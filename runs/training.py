@@ -1,5 +1,5 @@
 """What ``python train.py`` does with a composed config: :func:`run` checks it
-(:func:`runs.build.check_config`) and either trains, validates and tests (:func:`fit_and_test`,
+(:func:`runs.config_checks.check_config`) and either trains, validates and tests (:func:`fit_and_test`,
 ``train=true``) or tests the weights of a checkpoint (:func:`evaluate`, ``train=false``). Both write
 ``metrics.json`` into ``paths.output_dir`` and print the final table (global rank 0)::
 
@@ -32,15 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluation.files import METRICS_JSON, write_evaluation_outputs, write_metrics
-from models import check_checkpoint, read_checkpoint
-from runs.build import (
-    build,
-    build_lightning_module,
-    build_trainer,
-    check_config,
-    check_data,
-    check_train_batches,
-)
+from inference import check_checkpoint, read_checkpoint
+from runs.build import build, build_lightning_module, build_trainer
+from runs.config_checks import check_config, check_data, check_train_batches
 from runs.ddp import ddp_job
 from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
@@ -126,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _keep_log_history(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
-    """Resume: loggers that can (:class:`models.loggers.ResumableCSVLogger`) keep the rows the run logged up
+    """Resume: loggers that can (:class:`runs.loggers.ResumableCSVLogger`) keep the rows the run logged up
     to the checkpoint's epoch instead of starting their files afresh."""
     for logger in trainer.loggers:
         keep = getattr(logger, "keep_history", None)
@@ -144,7 +138,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
 
     if cfg.ckpt_path is not None:  # resume: check first, Lightning's own load fails deep inside torch
-        resumed = read_checkpoint(cfg.ckpt_path)
+        resumed = read_checkpoint(cfg.ckpt_path, weights_only=False)  # our own: optimizer, callbacks
         check_checkpoint(module, resumed, cfg.ckpt_path)
         _keep_log_history(trainer, resumed)
     check_train_batches(datamodule, trainer)  # Lightning would train 0 steps and only warn

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
-from models.inference_checkpoint import load_for_inference
+from inference import load_for_inference
 from runs.build import build_callbacks
 from runs.callbacks import EMAWeights, RunCheckpoint
 from runs.training import run

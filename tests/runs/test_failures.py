@@ -20,7 +20,8 @@ from PIL import Image
 from evaluation.files import write_metrics
 from evaluation.sweeps import write as sweep_write
 from runs import jobs
-from runs.build import build, build_loss, check_train_batches
+from runs.build import build, build_loss
+from runs.config_checks import check_train_batches
 from runs.training import print_summary, run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
@@ -101,7 +102,7 @@ def test_folder_split_smaller_than_a_batch_fails_with_the_folder_default_drop_la
     assert nothing_trained(cfg)
 
 
-# ---- data checks before the first training step (runs.build.check_data) -----------------------------------
+# ---- data checks before the first training step (runs.config_checks.check_data) ----------------------------
 
 
 @pytest.mark.slow  # the second run trains

@@ -15,8 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from models import load_for_inference
-from models.inference import InferenceConfig, predict_probabilities
+from inference import InferenceConfig, load_for_inference, predict_probabilities
 from runs.predicting import normalise, predict
 from tests.runs.inference_helpers import make_checkpoint, write_image
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from models.checkpoint import CheckpointMismatchError, load_checkpoint_weights, read_checkpoint
+from inference.checkpoints import CheckpointMismatchError, load_checkpoint_weights, read_checkpoint
 from models.gamma_schedule import GammaScheduleCallback
 from seglosses.focal import FocalLoss
 
@@ -57,8 +57,9 @@ def test_missing_or_unreadable_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "nope.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="could not read checkpoint"):
-        read_checkpoint(bad)
+    for weights_only in (True, False):
+        with pytest.raises(ValueError, match=r"cannot read checkpoint .* truncated or not a PyTorch"):
+            read_checkpoint(bad, weights_only=weights_only)
     torch.save({"weights": 1}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a PyTorch Lightning checkpoint"):
         read_checkpoint(tmp_path / "plain.pt")
