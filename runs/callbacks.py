@@ -14,6 +14,14 @@ from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
+from runs.lightning_compat import (
+    drop_average_model,
+    last_global_step_saved,
+    save_last_checkpoint,
+    should_save_on_train_epoch_end,
+    should_skip_saving_checkpoint,
+)
+
 __all__ = ["EMAWeights", "RunCheckpoint"]
 
 log = logging.getLogger(__name__)
@@ -40,20 +48,20 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if should_save_on_train_epoch_end(self, trainer):
             self._save_last_if_missed(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not should_save_on_train_epoch_end(self, trainer):
             self._save_last_if_missed(trainer)
 
     def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
         """``last.ckpt`` of this step when the parent saved nothing at it (no top-k improvement)."""
-        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+        if self.save_last is not True or should_skip_saving_checkpoint(self, trainer):
             return
-        if self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if last_global_step_saved(self) != trainer.global_step:
+            save_last_checkpoint(self, trainer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
@@ -125,7 +133,7 @@ class EMAWeights(EMAWeightAveraging):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING:
-            self._average_model = None  # no swaps: the module's weights are the average (see above)
+            drop_average_model(self)  # no swaps: the module's weights are the average (see above)
         super().setup(trainer, pl_module, stage)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
