@@ -75,8 +75,9 @@ class EvaluationReport:
             print_class_table(scores, self.class_names, title, console=console)
             if per_image is not None and self.worst_images > 0:
                 n = min(self.worst_images, len(per_image))
+                # the stage alone: a longer title would be wrapped to the narrow table's width
                 console.print(worst_images_table(per_image.names, per_image.scores(), self.class_names, n,
-                                                 title=f"{title}: {n} worst images by mIoU"))
+                                                 title=f"{stage}: {n} worst images by mIoU"))
         if fitting:
             line = epoch_line(epoch, scores, self.class_names, self.rare(scores), self.best)
             console.print(line, highlight=False, soft_wrap=True)

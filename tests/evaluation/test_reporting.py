@@ -10,6 +10,7 @@ from rich.console import Console
 
 import evaluation.reporting as reporting
 from evaluation.confusion import scores_from_confusion
+from evaluation.per_image import PerImageCounts
 from evaluation.rare import rarest
 from evaluation.reporting import EvaluationReport
 from evaluation.tables import epoch_line
@@ -88,3 +89,14 @@ def test_none_prints_nothing_but_keeps_the_best(console):
 def test_print_tables_is_checked():
     with pytest.raises(ValueError, match=r"module\.print_tables must be one of"):
         EvaluationReport(NAMES, print_tables="always")
+
+
+def test_the_worst_images_title_stays_short_enough_not_to_wrap(console):
+    counts = torch.zeros(2, 5, 4, dtype=torch.long)
+    counts[:, :, 0], counts[1, :, 1] = 10, 5  # TP everywhere; the second image has false positives
+    per_image = PerImageCounts(("a", "b"), counts)
+    EvaluationReport(NAMES, worst_images=2).show("test", scores_from_confusion(CONFUSION), None, per_image,
+                                                  checkpoint_epoch=11)
+    text = console.export_text()
+    assert "test (checkpoint of epoch 11)" in text and "test: 2 worst images by mIoU" in text
+    assert text.index("│ 1 │ b") < text.index("│ 2 │ a")
