@@ -25,13 +25,13 @@ Every case runs once to measure its peak memory (which doubles as the warm-up), 
 every case alike; the table gives images/s from the median (and the best) pass. The difference between
 the two sliding windows' probabilities is printed: MONAI floors its 2-D Gaussian at 1e-3, which weighs
 overlapping tiles equally along the image borders; given our map (``roi_weight_map``), or with constant
-blending, it agrees with ours to 1e-6 (tests/models/test_inference.py).
+blending, it agrees with ours to 1e-6 (tests/inference/test_predict.py).
 
 (b) Peak memory for a (1, 3, big, big) image (default 8192 x 8192) in slide mode, with the same tile
 settings and a 1x1-conv stand-in network of the same number of classes (the Unet would take tens of
 minutes on a CPU: the figure measures the engine, and the bound below adds the network's own peak A,
 measured for the Unet in (a)). Cases: ours with a float32 accumulator, ours with ``accumulate_dtype=
-torch.float16``, MONAI. The bound stated by ``models.inference.predict_probabilities``::
+torch.float16``, MONAI. The bound stated by ``inference.predict_probabilities``::
 
     peak <= b*N*K*H*W + 4*B*(C_in + 3*K)*T_h*T_w + A(B, T)
 
@@ -64,7 +64,7 @@ import torch
 from memory import peak_bytes, sync
 from torch import Tensor, nn
 
-from models.inference import InferenceConfig, predict_probabilities, tile_starts
+from inference import InferenceConfig, predict_probabilities, tile_starts
 
 TARGET_SPEED_VS_MONAI = 1.0  # ours slide at least as fast as MONAI's
 TARGET_MEMORY_VS_MONAI = 1.0  # and peak memory no higher
@@ -194,7 +194,7 @@ def part_a(args: argparse.Namespace, device: torch.device) -> int | None:
             diff = (kept["ours slide"] - kept["monai slide"]).abs()
             print(f"- |ours - MONAI| probability: max {diff.max().item():.2e}, mean {diff.mean().item():.1e} "
                   "(MONAI floors its 2-D Gaussian at 1e-3, weighing tiles equally along the image borders; "
-                  "given our map as roi_weight_map it agrees to 1e-6, tests/models/test_inference.py)")
+                  "given our map as roi_weight_map it agrees to 1e-6, tests/inference/test_predict.py)")
     if "ours whole" in by and ours is not None:
         ratio = statistics.median(ours.times) / statistics.median(by["ours whole"].times)
         print(f"- slide / whole time: {ratio:.2f}x ({tiles * tiles} tiles of {t}^2 = "

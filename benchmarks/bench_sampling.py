@@ -34,7 +34,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from runs.summary import collect_by_config  # noqa: E402
+from evaluation.sweeps import collect_by_config  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "uniform": [],

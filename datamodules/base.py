@@ -28,6 +28,7 @@ from .statistics import (
     LabelStatistics,
     cached_statistics,
     check_label_statistics,
+    check_max_ignored_share,
 )
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,7 @@ class SegDataModule(pl.LightningDataModule):
         self.stats_cache_dir = stats_cache_dir
         self.progress = progress
         self.allow_absent_classes = check_bool(allow_absent_classes, "datamodule.allow_absent_classes")
-        self.max_ignored_share = float(check_number(max_ignored_share, "datamodule.max_ignored_share", 0.0))
-        if self.max_ignored_share > 1:
-            raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {max_ignored_share!r}")
+        self.max_ignored_share = check_max_ignored_share(max_ignored_share)
         self.sampling = check_choice(sampling, "datamodule.sampling", SAMPLINGS)
         self.rcs_temperature = float(
             check_number(rcs_temperature, "datamodule.rcs_temperature", greater_than=0)

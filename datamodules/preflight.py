@@ -29,14 +29,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
-
 from seglosses.checks import check_bool, check_choice, check_int
 
 from .cache import read_cached, write_cached
 from .io import read_image, read_mask
 from .labels import LabelSpec
 from .pairing import SamplePair
+from .parallel import map_in_workers
 
 PREFLIGHT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -226,22 +225,6 @@ def file_identity(paths: Iterable[Path]) -> list[list[Any]] | None:
 
 
 # -- the pass ---------------------------------------------------------------------------------------------
-class _CheckDataset(Dataset):
-    def __init__(self, tasks: Sequence[tuple[CheckFn, Any]]) -> None:
-        self.tasks = tasks
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, index: int) -> list[Problem]:
-        check, item = self.tasks[index]
-        return check(item)
-
-
-def _no_collate(x: Any) -> Any:
-    return x
-
-
 def _call(task: tuple[CheckFn, Any]) -> list[Problem]:
     return task[0](task[1])
 
@@ -255,9 +238,7 @@ def _map_ordered(
         with ThreadPoolExecutor(num_workers, thread_name_prefix="preflight") as pool:
             yield from pool.map(_call, tasks)
     else:
-        yield from DataLoader(
-            _CheckDataset(tasks), batch_size=None, num_workers=num_workers, collate_fn=_no_collate
-        )
+        yield from map_in_workers(_call, tasks, num_workers)
 
 
 def run_preflight(

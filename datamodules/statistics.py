@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from seglosses.checks import check_bool, check_number
 
 from .cache import cache_file, read_cached, write_cached
 from .labels import LabelSpec
+from .parallel import map_in_workers
 
 CACHE_PREFIX = "label_stats"
 CountFn = Callable[[Any], tuple[np.ndarray, int, int]]
@@ -118,22 +118,6 @@ def _dense_rows(rows: Sequence[Sequence[Sequence[int]]] | None, num_classes: int
     return out
 
 
-class _CountDataset(Dataset):
-    def __init__(self, items: Sequence[Any], count_fn: CountFn) -> None:
-        self.items = items
-        self.count_fn = count_fn
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int]:
-        return self.count_fn(self.items[index])
-
-
-def _no_collate(x: Any) -> Any:
-    return x
-
-
 def count_labels(
     items: Sequence[Any],
     count_fn: CountFn,
@@ -163,13 +147,7 @@ def count_labels(
     image_pixel = np.zeros(c, dtype=np.int64)
     per_image = np.zeros((len(items), c), dtype=np.int64)
     total = ignored = 0
-    loader = DataLoader(
-        _CountDataset(items, count_fn),
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_no_collate,
-    )
+    loader = map_in_workers(count_fn, items, num_workers)
     for i, (counts, ign, tot) in enumerate(
         track(loader, description=description, total=len(items), disable=not progress, transient=True)
     ):
@@ -216,6 +194,14 @@ def cached_statistics(
 DEFAULT_MAX_IGNORED_SHARE = 0.5
 
 
+def check_max_ignored_share(value: Any) -> float:
+    """``datamodule.max_ignored_share`` as a float in [0, 1]; ValueError naming the key otherwise."""
+    share = float(check_number(value, "datamodule.max_ignored_share", 0.0))
+    if share > 1:
+        raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {value!r}")
+    return share
+
+
 def format_statistics(stats: LabelStatistics, ignore_index: int | None = None) -> str:
     """A plain-text table of ``stats``: pixels per class with their share of the labelled pixels, and
     the ignored pixels with their share of all pixels."""
@@ -257,9 +243,7 @@ def check_label_statistics(
         ValueError: with the findings, the statistics table and the likely fix.
     """
     check_bool(allow_absent_classes, "datamodule.allow_absent_classes")
-    check_number(max_ignored_share, "datamodule.max_ignored_share", 0.0)
-    if max_ignored_share > 1:
-        raise ValueError(f"datamodule.max_ignored_share must be in [0, 1], got {max_ignored_share!r}")
+    check_max_ignored_share(max_ignored_share)
     ii = labels.ignore_index
     counts = stats.pixel_counts.tolist()
     absent = [i for i, n in enumerate(counts) if n == 0]

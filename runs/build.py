@@ -1,5 +1,5 @@
 """The objects of a composed ``conf/`` config: datamodule inputs, loss, LightningModule, loggers, callbacks,
-trainer; and :func:`check_config`, the checks that fail before anything is built.
+trainer (the checks before a run: :mod:`runs.config_checks`).
 
 Every object is made by :func:`build` (Hydra's ``instantiate``), so that a bad value fails with the config
 key in its message: ``datamodule.root: ...`` instead of Hydra's wrapped ``InstantiationException``.
@@ -7,12 +7,8 @@ key in its message: ``datamodule.root: ...`` instead of Hydra's wrapped ``Instan
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import posixpath
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +22,16 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor
 
 from datamodules import LabelStatistics, SegDataModule, compute_class_weights
-from models import InferenceInfo, size_multiple
-from models.callbacks import default_class_colors
-from models.inference import InferenceConfig
+from evaluation.rare import rarest
+from inference import InferenceConfig, predictor_for
+from models import size_multiple
 from runs.checkpoint_io import AtomicCheckpointIO
+from runs.checkpoint_metadata import inference_info
+from runs.config_checks import check_loss_class_values, probe_loss
+from runs.errors import prefixed
 from runs.graceful_stop import GracefulStop
 from runs.ranks import is_global_zero
-from seglosses import CombinedLoss
-from seglosses.checks import check_number
-from seglosses.modes import BINARY_MODE, MULTICLASS_MODE
+from runs.tracking import check_mlflow_class_names, creating_database, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +45,7 @@ __all__ = [
     "build_module",
     "build_optimizer",
     "build_trainer",
-    "check_config",
-    "check_data",
-    "check_loss_class_values",
-    "check_mlflow_class_names",
-    "check_train_batches",
     "class_weights",
-    "inference_info",
-    "probe_loss",
 ]
 
 
@@ -68,105 +58,13 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         cause = e.__cause__
         if not isinstance(cause, (ValueError, OSError, TypeError)):
             raise
-        try:
-            error = type(cause)(f"{key}: {cause}")
-        except Exception:  # an exception type with another signature
-            raise cause from None
-        raise error from None
+        raise prefixed(cause, key) from None
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail early, naming the override, on required values left unset and on label settings typed twice
-    that disagree (``model.num_classes``/``model.mode`` must follow the datamodule)."""
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        hints = " ".join(f"{key}=..." for key in sorted(missing))
-        raise ValueError(
-            f"required config values are not set: {sorted(missing)}; pass them as overrides: {hints}"
-        )
-    if not cfg.train and cfg.ckpt_path is None:
-        raise ValueError("train=false evaluates a checkpoint on the test split: pass ckpt_path=PATH")
-    for key in ("num_classes", "mode", "in_channels"):
-        model_value, data_value = cfg.model.get(key), cfg.datamodule.get(key)
-        if model_value is not None and model_value != data_value:
-            raise ValueError(
-                f"model.{key}={model_value} disagrees with datamodule.{key}={data_value}; leave model.{key} "
-                f"at its default ${{datamodule.{key}}} and set datamodule.{key} instead"
-            )
-    optimizer = cfg.get("optimizer")
-    if optimizer is not None and optimizer.get("lr") is not None:  # torch says only "Invalid learning rate"
-        check_number(optimizer.lr, "optimizer.lr", minimum=0)
 
 
-def _length(value: Any) -> int | None:
-    """Number of values of a per-class sequence (list, ListConfig, tuple, 1-D tensor); None for a number,
-    None or a 0-D tensor."""
-    if isinstance(value, Tensor):
-        return int(value.numel()) if value.ndim > 0 else None
-    if (isinstance(value, Sequence) and not isinstance(value, str)) or OmegaConf.is_list(value):
-        return len(value)
-    return None
 
 
-def check_loss_class_values(cfg: DictConfig) -> None:
-    """``loss.alpha`` and ``loss.class_weights`` must be a number or have one value per class
-    (``datamodule.num_classes``), so that the error names the key the user typed. Binary losses take a
-    number (seglosses checks it)."""
-    num_classes, mode = cfg.datamodule.num_classes, cfg.datamodule.mode
-    if mode == BINARY_MODE:
-        return
-    for key in ("alpha", "class_weights"):
-        value = cfg.loss.get(key)
-        n = _length(value)
-        if n is not None and n != num_classes:
-            raise ValueError(
-                f"loss.{key} has {n} values {list(value)}, expected a number or one value per class "
-                f"(datamodule.num_classes={num_classes}, {mode}): set loss.{key}= with {num_classes} values"
-            )
-
-
-def probe_loss(cfg: DictConfig, loss: torch.nn.Module) -> None:
-    """Call every term of ``loss`` once on a (1, num_classes, 1, 1) input, so that the checks seglosses
-    makes on the first batch (per-class values of the wrong length, ...) fail at start-up, naming the term
-    (``loss.module.losses.focal: alpha must ...``)."""
-    mode, num_classes = cfg.datamodule.mode, cfg.datamodule.num_classes
-    x = torch.zeros(1, num_classes, 1, 1)
-    target = torch.zeros(1, 1, 1, dtype=torch.long) if mode == MULTICLASS_MODE else torch.zeros_like(x)
-    terms = dict(loss.losses.items()) if isinstance(loss, CombinedLoss) else {None: loss}
-    for name, term in terms.items():
-        try:
-            with torch.no_grad():
-                term(x, target)
-        except ValueError as e:
-            key = "loss.module" if name is None else f"loss.module.losses.{name}"
-            raise ValueError(f"{key}: {e}") from None
-
-
-def check_train_batches(datamodule: SegDataModule, trainer: pl.Trainer) -> int:
-    """Training batches per epoch and process; ValueError, before fitting, when there are none.
-
-    Lightning would only warn ("No training batches"), train zero steps and report the metrics of the
-    untrained model. Under DDP each of the ``trainer.world_size`` processes gets ``ceil(N / world_size)``
-    samples (``DistributedSampler`` pads), batched by ``datamodule.batch_size``; ``drop_last`` drops the
-    incomplete batch.
-    """
-    num = len(datamodule.dataset("train"))
-    world = max(int(getattr(trainer, "world_size", 1) or 1), 1)
-    per_process = math.ceil(num / world)
-    batch_size, drop_last = datamodule.batch_size, bool(datamodule.drop_last)
-    batches = per_process // batch_size if drop_last else math.ceil(per_process / batch_size)
-    if batches > 0:
-        return batches
-    if num == 0:
-        raise ValueError("the training split is empty: 0 training batches; check datamodule.root/splits")
-    share = "" if world == 1 else f", {per_process} per process over {world} DDP processes"
-    fewer = "fewer processes (trainer.devices=, trainer.num_nodes=), " if world > 1 else ""
-    raise ValueError(
-        f"0 training batches per epoch: the training split has {num} samples{share}, fewer than "
-        f"datamodule.batch_size={batch_size}, and datamodule.drop_last=true drops the incomplete batch, so "
-        f"nothing would be trained; set datamodule.batch_size={max(per_process, 1)} (or smaller), "
-        f"datamodule.drop_last=false, {fewer}or add training samples"
-    )
 
 
 def class_weights(cfg: DictConfig, datamodule: SegDataModule, stats: LabelStatistics) -> Tensor | None:
@@ -207,14 +105,12 @@ def build_optimizer(cfg: DictConfig, network: torch.nn.Module) -> Any:
     try:
         factory(params=network.parameters())
     except ValueError as e:
-        raise ValueError(f"optimizer: {e} (check the optimizer.* values)") from None
+        raise prefixed(e, "optimizer", hint="check the optimizer.* values") from None
     return factory
 
 
 #: Loggers whose package is an optional dependency: the extra of pyproject.toml that installs it.
 LOGGER_EXTRAS = {"MLFlowLogger": "mlflow"}
-#: What Lightning's MLFlowLogger removes from metric keys (MLflow allows no other characters).
-_MLFLOW_KEY_DROPPED = re.compile(r"[^a-zA-Z0-9_/. -]+")
 
 
 def _target_name(node: Any) -> str:
@@ -222,58 +118,6 @@ def _target_name(node: Any) -> str:
     return str(target).rsplit(".", 1)[-1] if target else ""
 
 
-def check_mlflow_class_names(cfg: DictConfig) -> None:
-    """The per-class metric keys (``val/iou/<class>``) that MLflow will get: Lightning's MLFlowLogger drops
-    every character but letters, digits, ``_ / . -`` and space, and MLflow refuses keys that are not plain
-    relative paths; ValueError, naming ``datamodule.class_names``, when a class name would give no key, a
-    refused one, or the key of another class (the run would fail at its first validation)."""
-    names = cfg.datamodule.get("class_names")
-    if names is None:  # the data module's defaults: class_0, background, disc, ... (all valid)
-        return
-    seen: dict[str, str] = {}
-    for name in (str(n) for n in names):
-        kept = _MLFLOW_KEY_DROPPED.sub("", name)
-        key = f"val/iou/{kept}"
-        if not kept.strip() or posixpath.normpath(key) != key:
-            raise ValueError(
-                f"datamodule.class_names: class {name!r} gives the MLflow metric key {key!r}, which MLflow "
-                "refuses (keys keep only letters, digits, '_', '/', '.', '-' and spaces, and must be plain "
-                "paths); rename the class, or choose another logger"
-            )
-        if kept in seen:
-            raise ValueError(
-                f"datamodule.class_names: classes {seen[kept]!r} and {name!r} both give the MLflow metric "
-                f"key {key!r} (MLflow keeps only letters, digits, '_', '/', '.', '-' and spaces); rename one"
-            )
-        seen[kept] = name
-
-
-def _sqlite_file(node: Any) -> Path | None:
-    """The database file of an MLflow logger's ``sqlite:///PATH`` tracking URI, else None."""
-    uri = str(node.get("tracking_uri") or "")
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-@contextlib.contextmanager
-def _creating(database: Path | None) -> Iterator[None]:
-    """Around an MLflow logger's construction, which creates its SQLite database (its tables): the folder
-    made, and the processes of a torchrun/srun job that create it at once taken one at a time (a lock
-    file next to it; POSIX)."""
-    if database is None:
-        yield
-        return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no concurrent creation to guard against there
-        yield
-        return
-    with open(database.with_name(database.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
@@ -288,7 +132,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if target == "MLFlowLogger":
             check_mlflow_class_names(cfg)
         try:
-            with _creating(_sqlite_file(node) if target == "MLFlowLogger" else None):
+            with creating_database(sqlite_file(node) if target == "MLFlowLogger" else None):
                 loggers.append(build(node, f"logger.{key}"))
         except InstantiationException as e:
             extra = LOGGER_EXTRAS.get(target)
@@ -308,32 +152,10 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[pl.Callback]:
     return callbacks
 
 
-def inference_info(cfg: DictConfig, datamodule: SegDataModule, network: torch.nn.Module,
-                   class_names: Sequence[str]) -> InferenceInfo:
-    """What the checkpoints of this run carry for :func:`models.load_for_inference`: the network config
-    (weights from the checkpoint: no download, no prior init), labels, colours, normalisation, crop."""
-    network_config = OmegaConf.to_container(cfg.model, resolve=True)
-    network_config.update(encoder_weights=None, prior_init=False, prior=None)
-    colors = default_class_colors(datamodule.mode, datamodule.num_classes)
-    if datamodule.class_colors is not None:  # binary: the foreground's, on the default background
-        colors = colors[: len(class_names) - len(datamodule.class_colors)] + datamodule.class_colors
-    return InferenceInfo(
-        network=network_config,
-        mode=datamodule.mode,
-        num_classes=datamodule.num_classes,
-        class_names=list(class_names),
-        class_colors=[[int(v) for v in c] for c in colors],
-        in_channels=datamodule.in_channels,
-        mean=datamodule.mean,
-        std=datamodule.std,
-        ignore_index=datamodule.ignore_index,
-        crop_size=datamodule.training_size,
-        size_multiple=size_multiple(network),
-    )
 
 
 def build_inference(node: Any, multiple: int, default_tile: Sequence[int] | None) -> InferenceConfig:
-    """The ``inference`` group's :class:`models.inference.InferenceConfig` for a network whose input must
+    """The ``inference`` group's :class:`inference.InferenceConfig` for a network whose input must
     be a multiple of ``multiple``; ``inference.tile: null`` becomes ``default_tile`` (the training crop)."""
     tile = node.get("tile")
     if tile is None and default_tile is not None:
@@ -360,6 +182,7 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
     test_inference = None
     if cfg.get("inference") is not None:
         test_inference = build_inference(cfg.inference, size_multiple(network), datamodule.training_size)
+    rare = rarest(dict(zip(stats.class_names, stats.pixel_counts.tolist(), strict=True)))  # the epoch line's
     module = build(
         cfg.module,
         "module",
@@ -368,22 +191,14 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
         optimizer=build_optimizer(cfg, network),
         scheduler=scheduler,
         class_names=list(datamodule.class_names),
+        rare_classes=rare,
     )
     # Set here, not passed to instantiate: OmegaConf would try to merge the dataclass into the config.
-    module.test_inference = test_inference
+    module.test_predictor = predictor_for(test_inference, module.mode)
     module.inference_info = inference_info(cfg, datamodule, network, module.class_names).to_dict()
     return module
 
 
-def check_data(datamodule: SegDataModule) -> None:
-    """Before any training step: the pre-flight pass over every split (:meth:`SegDataModule.preflight`:
-    files decodable, modes, sizes, mask values; cached) and the check of the training-label statistics
-    (:meth:`SegDataModule.check_label_statistics`: declared classes present, ignored share). Each raises a
-    ValueError that lists what is wrong and the config key to change."""
-    report = datamodule.preflight()
-    if is_global_zero():
-        log.info(report.summary())
-    datamodule.check_label_statistics(datamodule.label_statistics())
 
 
 def build_lightning_module(cfg: DictConfig, datamodule: SegDataModule) -> pl.LightningModule:

@@ -39,9 +39,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import torch
-from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from runs.lightning_compat import LauncherDDPStrategy, ScriptLauncher
 from runs.ranks import CHILD_ENV, env_rank, external_world_size, is_ddp_child, is_global_zero
 from seglosses.distributed import process_group_initialized
 
@@ -212,7 +211,7 @@ class _Children:
 _ACTIVE: list[_Children] = []
 
 
-class _HydraJobLauncher(_SubprocessScriptLauncher):
+class _HydraJobLauncher(ScriptLauncher):
     """Lightning's script launcher, re-launching the running Hydra job (:func:`child_command`)."""
 
     def launch(self, function: Callable, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
@@ -220,13 +219,13 @@ class _HydraJobLauncher(_SubprocessScriptLauncher):
         if not self.cluster_environment.creates_processes_externally:
             saved = {name: os.environ.get(name) for name in _LAUNCH_ENV}
             threads = torch.get_num_threads()
-            self._call_children_scripts()
+            self.call_children_scripts()
             _ACTIVE.append(_Children(self.procs, saved, threads))
         _share_cores(self.num_processes)
         return function(*args, **kwargs)
 
-    def _call_children_scripts(self) -> None:
-        self._check_can_spawn_children()
+    def call_children_scripts(self) -> None:
+        self.check_can_spawn_children()
         command, cwd = _hydra_child_command()
         env = self.cluster_environment
         os.environ["MASTER_ADDR"] = env.main_address
@@ -248,15 +247,15 @@ def _share_cores(num_processes: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-class HydraDDPStrategy(DDPStrategy):
+class HydraDDPStrategy(LauncherDDPStrategy):
     """``DDPStrategy`` (any of its arguments) whose re-launch runs the current Hydra job, not the command
     line: correct for single runs and for every job of a ``-m`` sweep (see the module docstring).
     Processes started by torchrun/srun are used as they are."""
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if type(self._launcher) is _SubprocessScriptLauncher:
-            self._launcher = _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+    def choose_launcher(self, launcher: Any) -> Any:
+        if ScriptLauncher.is_lightning_default(launcher):
+            return _HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        return launcher
 
 
 def _calling_app(frame: FrameType | None) -> Path:

@@ -9,10 +9,21 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["FULL_ERROR_ENV", "one_line_errors"]
+__all__ = ["FULL_ERROR_ENV", "one_line_errors", "prefixed"]
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def prefixed(error: BaseException, key: str, hint: str = "") -> BaseException:
+    """``error`` again, of its own type, its message prefixed by the config key it came from,
+    ``"<key>: <message>"`` (and ``" (<hint>)"``), to raise ``from None``; ``error`` itself when its type
+    takes no single message. The one way the project names the key of a value that failed."""
+    message = f"{key}: {error}" + (f" ({hint})" if hint else "")
+    try:
+        return type(error)(message)
+    except Exception:  # an exception type with another signature
+        return error
 
 
 def one_line_errors(main: F) -> F:

@@ -24,8 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from models import InferenceInfo, load_for_inference
-from models.inference import activation_for_mode
+from inference import InferenceInfo, activation_for_mode, load_for_inference
 from safeio import atomic_path, write_json
 from seglosses.checks import check_choice, check_int, check_number
 
@@ -101,6 +100,37 @@ def _run_torchscript(path: Path, x: Tensor) -> np.ndarray:
         return torch.jit.load(str(path), map_location="cpu")(x).numpy()
 
 
+def _sidecar_record(info: InferenceInfo, path: Path, fmt: str, source: str | None, shape: tuple[int, ...],
+                    max_abs: float, atol: float, rtol: float, passed: bool) -> dict[str, Any]:
+    """What ``model.json`` says about the exported ``path``: the checkpoint's metadata, the exporter, the
+    input and output, and the check on an input of ``shape``."""
+    return {
+        **{k: v for k, v in info.to_dict().items() if k != "network"},
+        "network": info.network,
+        "file": path.name,
+        "export_format": fmt,
+        "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",
+        "torch_version": torch.__version__,
+        "source_checkpoint": source,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": info.in_channels,
+            "normalisation": "(x / 255 - mean) / std" if info.mean is not None else "x / 255",
+            "height_width": f"any multiples of {info.size_multiple} (dynamic), batch dynamic",
+        },
+        "output": {"name": OUTPUT_NAME, "activation": activation_for_mode(info.mode), "layout": "NCHW"},
+        "check": {
+            "input_shape": list(shape),
+            "max_abs_diff": max_abs,
+            "atol": atol,
+            "rtol": rtol,
+            "passed": passed,
+        },
+    }
+
+
 def export_network(
     network: nn.Module,
     info: InferenceInfo,
@@ -144,31 +174,7 @@ def export_network(
     max_abs = float(diff.max())
     worst = float((diff - rtol * np.abs(expected)).max())
     sidecar = output / "model.json"
-    record = {
-        **{k: v for k, v in info.to_dict().items() if k != "network"},
-        "network": info.network,
-        "file": path.name,
-        "export_format": fmt,
-        "exporter": "torch.onnx.export(dynamo=True)" if fmt == "onnx" else "torch.jit.trace",
-        "torch_version": torch.__version__,
-        "source_checkpoint": source,
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "dtype": "float32",
-            "channels": info.in_channels,
-            "normalisation": "(x / 255 - mean) / std" if info.mean is not None else "x / 255",
-            "height_width": f"any multiples of {info.size_multiple} (dynamic), batch dynamic",
-        },
-        "output": {"name": OUTPUT_NAME, "activation": activation_for_mode(info.mode), "layout": "NCHW"},
-        "check": {
-            "input_shape": list(x.shape),
-            "max_abs_diff": max_abs,
-            "atol": atol,
-            "rtol": rtol,
-            "passed": worst <= atol,
-        },
-    }
+    record = _sidecar_record(info, path, fmt, source, tuple(x.shape), max_abs, atol, rtol, worst <= atol)
     write_json(sidecar, record)
     if worst > atol:
         raise ExportCheckError(
@@ -189,7 +195,7 @@ def export_network(
 
 
 def export(cfg: DictConfig) -> ExportResult:
-    """``python export.py``: :func:`models.load_for_inference` of ``cfg.ckpt_path``, then
+    """``python export.py``: :func:`inference.load_for_inference` of ``cfg.ckpt_path``, then
     :func:`export_network` into ``cfg.output``."""
     check_choice(cfg.format, "format", FORMATS)
     network, info = load_for_inference(cfg.ckpt_path)

@@ -2,8 +2,8 @@
 
 Hydra's basic launcher stops a sweep at the first exception. :func:`run_job` catches the exception of a
 multirun job, records it in the job directory and returns None to the sweeper, so the other jobs still run and
-the sweep summary (:mod:`runs.summary`) shows the failed job as a row with its error; after summarising, the
-summary callback (:class:`runs.summary.SweepSummary`) ends the sweep with exit status 1 when a job failed.
+the sweep summary (:mod:`evaluation.sweeps`) shows the failed job as a row with its error; after summarising,
+the summary callback (:class:`runs.summary.SweepSummary`) ends the sweep with exit status 1 when a job failed.
 A single run (no ``-m``) re-raises the exception after recording it: its clear message and a non-zero exit
 status stay.
 
@@ -45,13 +45,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from evaluation.sweeps.jobs import STATUS_FILE
 from runs.ranks import is_global_zero
 from runs.stop_signals import RunInterrupted, exit_status, handle_stop_signals, signal_name
 from safeio import write_json
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "job_status.json"
 TRACEBACK_LINES = 30
 
 

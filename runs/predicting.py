@@ -39,9 +39,14 @@ from rich.progress import (
 from rich.table import Table
 
 from datamodules import InputImage, list_inputs, read_image_converted, write_index_mask, write_rgb
-from models import InferenceInfo, load_for_inference
-from models.callbacks import flag_palette
-from models.inference import activation_for_mode, labels_from_probabilities, predict_probabilities
+from evaluation.grids import flag_palette
+from inference import (
+    InferenceInfo,
+    activation_for_mode,
+    labels_from_probabilities,
+    load_for_inference,
+    predict_probabilities,
+)
 from runs.build import build_inference
 from safeio import atomic_path, write_json
 from seglosses.checks import check_bool, check_choice, check_number

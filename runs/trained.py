@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from datamodules import SegDataModule
-from models import load_checkpoint_weights
+from inference import load_checkpoint_weights
 from runs.build import build, build_lightning_module
 
 __all__ = ["TrainedModule", "load_trained_module"]
@@ -37,7 +37,7 @@ def load_trained_module(cfg: DictConfig, ckpt_path: str | Path,
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
         ValueError: the file is not a Lightning checkpoint.
-        models.CheckpointMismatchError: the checkpoint is of another model (architecture, classes, mode).
+        inference.CheckpointMismatchError: the checkpoint is of another model (architecture, classes, mode).
     """
     if datamodule is None:
         datamodule = build(cfg.datamodule, "datamodule")

@@ -1,5 +1,5 @@
 """What ``python train.py`` does with a composed config: :func:`run` checks it
-(:func:`runs.build.check_config`) and either trains, validates and tests (:func:`fit_and_test`,
+(:func:`runs.config_checks.check_config`) and either trains, validates and tests (:func:`fit_and_test`,
 ``train=true``) or tests the weights of a checkpoint (:func:`evaluate`, ``train=false``). Both write
 ``metrics.json`` into ``paths.output_dir`` and print the final table (global rank 0)::
 
@@ -11,7 +11,7 @@
 inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``inference.tta=[hflip]``).
 ``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
 and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation files written
-next to it (:mod:`runs.evaluation`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
+next to it (:mod:`evaluation.files`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
 validation epoch; not with ``train=false``) and ``confusion_test.csv``/``.png``. The loggers get the
 heatmaps (TensorBoard: images ``confusion/<split>``) and, where they keep files (MLflow), every file
 (:mod:`runs.tracking`).
@@ -31,26 +31,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
 
-from models import check_checkpoint, read_checkpoint
-from runs.build import (
-    build,
-    build_lightning_module,
-    build_trainer,
-    check_config,
-    check_data,
-    check_train_batches,
-)
+from evaluation.files import METRICS_JSON, write_evaluation_outputs, write_metrics
+from inference import check_checkpoint, read_checkpoint
+from runs.build import build, build_lightning_module, build_trainer
+from runs.config_checks import check_config, check_data, check_train_batches
 from runs.ddp import ddp_job
-from runs.evaluation import write_evaluation_outputs
 from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
 from runs.unused_overrides import check_job_overrides
-from safeio import write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "fit_and_test", "print_summary", "run", "write_metrics"]
+__all__ = ["evaluate", "fit_and_test", "print_summary", "run"]
 
 
 def checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
@@ -62,15 +55,10 @@ def _with_epoch(result: dict[str, Any] | None, epoch: int | None) -> dict[str, A
     return None if result is None else {**result, "epoch": epoch}
 
 
-def write_metrics(path: Path, record: dict[str, Any]) -> None:
-    """``record`` as JSON, atomically; NaN/inf scores (a split whose pixels are all ignored) as null."""
-    write_json(path, record)
-    log.info("metrics written to %s", path)
-
-
-def print_summary(record: dict[str, Any]) -> None:
-    """The run's final table: mean scores of the best validation epoch and of the test split."""
-    table = Table(title="final results", caption=f"weights: {record.get('checkpoint') or 'last epoch'}")
+def print_summary(record: dict[str, Any], output_dir: str | Path | None = None) -> None:
+    """The run's final table (mean scores of the best validation epoch and of the test split), then the
+    weights that were scored and the files, each path on its own line (never wrapped into a table)."""
+    table = Table(title="final results")
     for column in ("split", "epoch", "mIoU", "mDice", "pixel acc"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split in ("val", "test"):
@@ -80,6 +68,11 @@ def print_summary(record: dict[str, Any]) -> None:
             cells = ["nan" if v is None or not math.isfinite(v) else f"{100 * v:.2f}" for v in values]
             table.add_row(split, str(result.get("epoch", "")), *cells)
     Console().print(table)
+    print(f"weights: {record.get('checkpoint') or 'the last epoch'}")
+    if record.get("last_checkpoint"):
+        print(f"last checkpoint: {record['last_checkpoint']}")
+    if output_dir is not None:
+        print(f"metrics: {Path(output_dir) / METRICS_JSON}", flush=True)
 
 
 def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
@@ -92,7 +85,7 @@ def _inference_record(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, record: dict[str, Any]) -> None:
-    """Global rank 0: the evaluation files of the splits in ``record`` (:mod:`runs.evaluation`),
+    """Global rank 0: the evaluation files of the splits in ``record`` (:mod:`evaluation.files`),
     ``metrics.json``, the final table; the heatmaps and files to the loggers."""
     if record.get("test") is not None:
         record["test_inference"] = _inference_record(cfg)
@@ -105,12 +98,12 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, recor
     written = write_evaluation_outputs(out, module.class_names, {s: module.confusion[s] for s in splits},
                                        per_image, epochs)
     record["outputs"] = {key: path.name for key, path in written.items()}
-    write_metrics(out / "metrics.json", record)
-    print_summary(record)
+    write_metrics(out / METRICS_JSON, record)
+    print_summary(record, out)
     for split in splits:
         png = written[f"confusion_{split}_png"]
         log_figure(trainer.loggers, f"confusion/{split}", png, step=epochs[split])
-    files = [out / "metrics.json", *(p for key, p in written.items() if not key.endswith("_png"))]
+    files = [out / METRICS_JSON, *(p for key, p in written.items() if not key.endswith("_png"))]
     log_files(trainer.loggers, files)
 
 
@@ -128,7 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _keep_log_history(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
-    """Resume: loggers that can (:class:`models.loggers.ResumableCSVLogger`) keep the rows the run logged up
+    """Resume: loggers that can (:class:`runs.loggers.ResumableCSVLogger`) keep the rows the run logged up
     to the checkpoint's epoch instead of starting their files afresh."""
     for logger in trainer.loggers:
         keep = getattr(logger, "keep_history", None)
@@ -146,7 +139,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
 
     if cfg.ckpt_path is not None:  # resume: check first, Lightning's own load fails deep inside torch
-        resumed = read_checkpoint(cfg.ckpt_path)
+        resumed = read_checkpoint(cfg.ckpt_path, weights_only=False)  # our own: optimizer, callbacks
         check_checkpoint(module, resumed, cfg.ckpt_path)
         _keep_log_history(trainer, resumed)
     check_train_batches(datamodule, trainer)  # Lightning would train 0 steps and only warn

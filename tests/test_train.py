@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from models import CheckpointMismatchError
+from inference import CheckpointMismatchError
 from runs.build import build_loss
 from runs.training import run
 from seglosses.combined import CombinedLoss

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from evaluation.confusion import MultilabelSegmentationMetrics
 from models import SegmentationModule
-from models.metrics import MultilabelSegmentationMetrics
 from seglosses.combined import CombinedLoss
 from seglosses.dice import DiceLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
@@ -73,7 +73,7 @@ def test_binary_mode_adapts_the_mask_and_scores_background_and_foreground(make_m
 
 
 def test_test_stage_prints_table_and_keeps_results(make_module, trainer, loader, capsys):
-    module = make_module(nn.CrossEntropyLoss(ignore_index=255), print_tables=True)
+    module = make_module(nn.CrossEntropyLoss(ignore_index=255), print_tables="best_and_test")
     t = trainer()
     t.test(module, dataloaders=loader())
     out = capsys.readouterr().out

@@ -1,9 +1,9 @@
-"""Non-finite validation/test losses fail the run (models.module.SegmentationModule._check_finite)."""
+"""Non-finite validation/test losses fail the run (SegmentationModule with
+evaluation.nonfinite.NonFiniteGuard; the guard alone: tests/evaluation/test_nonfinite.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -56,14 +56,4 @@ def test_finite_evaluation_passes_and_resets_per_epoch(make_module, trainer, loa
     t.fit(module, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     t.test(module, dataloaders=loader())
     assert module.results["val"]["epoch"] == 1 and module.results["test"]["mIoU"] is not None
-    assert module._nonfinite == {}
-
-
-def test_inf_loss_counts_as_non_finite(make_module):
-    module = make_module(CrossEntropyLoss(mode="multiclass"))
-    module._track_finite("val", torch.tensor(1.0), 0)
-    module._track_finite("val", torch.tensor(float("inf")), 1)
-    module._track_finite("val", torch.tensor(float("nan")), 2)
-    with pytest.raises(FloatingPointError, match=r"validation loss is inf, batch 1 \(2 non-finite"):
-        module._check_finite("val")
-    module._check_finite("val")  # popped: the next epoch starts clean
+    assert module.nonfinite.tracking == []

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.callbacks import GAP, HEADER, PredictionGridCallback, render_grid
+from evaluation.callbacks import PredictionGridCallback
+from evaluation.grids import GAP, HEADER, render_grid
 from runs.training import run
 from tests.test_train import _short_run
 

@@ -1,4 +1,4 @@
-"""The callback presets of conf/callbacks: ``callbacks=ema`` (models.callbacks.EMAWeights: what is
+"""The callback presets of conf/callbacks: ``callbacks=ema`` (runs.callbacks.EMAWeights: what is
 validated, saved, tested and resumed is the exponential moving average of the trained weights),
 ``callbacks=early_stopping`` (stops a run whose ``optimized_metric`` does not improve) and both at once."""
 
@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
 
-from models.callbacks import EMAWeights, RunCheckpoint
-from models.inference_checkpoint import load_for_inference
+from inference import load_for_inference
 from runs.build import build_callbacks
+from runs.callbacks import EMAWeights, RunCheckpoint
 from runs.training import run
 from tests.test_train import _short_run, make_cfg, read_metrics
 

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datamodules import SyntheticDataModule
 from datamodules.samplers import UnpaddedDistributedSampler
-from models import load_checkpoint_weights
+from inference import load_checkpoint_weights
 from runs import ddp
 from runs.build import build_loss, build_module, class_weights
 from runs.jobs import run_job

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import runs.exporting as exporting
-from models import load_for_inference
+from inference import load_for_inference
 from runs.exporting import ExportCheckError, export_network
 from tests.runs.inference_helpers import make_checkpoint
 

@@ -17,9 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from runs import jobs, summary
-from runs.build import build, build_loss, check_train_batches
-from runs.training import print_summary, run, write_metrics
+from evaluation.files import write_metrics
+from evaluation.sweeps import write as sweep_write
+from runs import jobs
+from runs.build import build, build_loss
+from runs.config_checks import check_train_batches
+from runs.training import print_summary, run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +102,7 @@ def test_folder_split_smaller_than_a_batch_fails_with_the_folder_default_drop_la
     assert nothing_trained(cfg)
 
 
-# ---- data checks before the first training step (runs.build.check_data) -----------------------------------
+# ---- data checks before the first training step (runs.config_checks.check_data) ----------------------------
 
 
 @pytest.mark.slow  # the second run trains
@@ -310,7 +313,7 @@ def test_sweep_exit_status_when_the_summary_itself_fails(tmp_path, capsys, monke
     def broken(*args, **kwargs):
         raise RuntimeError("no plot today")
 
-    monkeypatch.setattr(summary, "plot", broken)
+    monkeypatch.setattr(sweep_write, "plot", broken)
     with pytest.raises(SystemExit):
         _end(root)
     assert "1 of 2 jobs not ok (1 failed); summary: not complete, rebuild it with python -m runs.summary" in (

@@ -1,5 +1,5 @@
 """Self-contained checkpoints: the inference metadata every checkpoint carries, and
-models.load_for_inference (safe loading, clear errors, old checkpoints still evaluate)."""
+inference.load_for_inference (safe loading, clear errors, old checkpoints still evaluate)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from models import load_for_inference, read_checkpoint
-from models.callbacks import color_palette
-from models.inference_checkpoint import INFERENCE_FORMAT, INFERENCE_KEY, InferenceInfo
+from evaluation.grids import color_palette
+from inference import load_for_inference, read_checkpoint
+from inference.metadata import INFERENCE_FORMAT, INFERENCE_KEY, InferenceInfo
 from runs.trained import load_trained_module
 from tests.overrides import SMALL_UNET
 from tests.runs.inference_helpers import make_checkpoint

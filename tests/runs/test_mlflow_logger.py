@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from runs.build import build_loggers, check_mlflow_class_names
-from runs.tracking import log_figure, log_files
+from runs.build import build_loggers
+from runs.tracking import check_mlflow_class_names, log_figure, log_files
 from runs.training import run
 from tests.overrides import SMALL_UNET
 from tests.test_train import make_cfg, read_metrics

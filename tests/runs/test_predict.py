@@ -15,8 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from models import load_for_inference
-from models.inference import InferenceConfig, predict_probabilities
+from inference import InferenceConfig, load_for_inference, predict_probabilities
 from runs.predicting import normalise, predict
 from tests.runs.inference_helpers import make_checkpoint, write_image
 
@@ -313,7 +312,7 @@ def test_binary_masks_and_overlays_show_the_foreground(tmp_path, colors):
 
 
 def test_multilabel_masks_use_the_flag_colours_of_the_grids(tmp_path):
-    from models.callbacks import default_class_colors, flag_palette
+    from evaluation.grids import default_class_colors, flag_palette
 
     assert default_class_colors("multilabel", 3) == [flag_palette(3)[f].tolist() for f in (1, 2, 4)]
     assert [0, 0, 0] not in default_class_colors("multilabel", 3)  # every label shows

@@ -12,8 +12,8 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from models.callbacks import RunCheckpoint
-from models.loggers import ResumableCSVLogger
+from runs.callbacks import RunCheckpoint
+from runs.loggers import ResumableCSVLogger
 from runs.training import run
 from tests.test_train import _short_run, read_metrics
 

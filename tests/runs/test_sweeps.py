@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from evaluation import sweeps
 from runs import jobs, summary
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
@@ -107,7 +108,7 @@ def test_failing_job_is_a_failed_row_and_the_others_still_run(tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"sweep failed: 1 of 2 jobs not ok (1 failed); summary: {sweep_dir / 'summary.csv'}")
-    failed, ok = summary.collect(sweep_dir)
+    failed, ok = sweeps.collect(sweep_dir)
     assert failed["status"] == "failed" and failed["loss.gamma"] == "-1"
     assert failed["error"].startswith("ValueError:") and "gamma" in failed["error"]
     assert failed["val_mIoU"] is None and failed["test_mIoU"] is None
@@ -142,7 +143,7 @@ def test_optuna_preset_runs_two_trials_and_survives_a_failed_one(tmp_path):
     # every trial ran; the failed one makes the search exit 1 at the end
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sweep failed: 1 of 2 jobs not ok (1 failed)" in proc.stderr.strip().splitlines()[-1]
-    rows = summary.collect(sweep_dir)
+    rows = sweeps.collect(sweep_dir)
     assert len(rows) == 2
     assert [r["status"] for r in rows] == ["failed" if float(r["loss.gamma"]) < 0 else "ok" for r in rows]
     assert {r["status"] for r in rows} == {"ok", "failed"}
@@ -281,7 +282,7 @@ def test_collect_rows_of_a_hand_made_sweep(tmp_path):
     _fake_job(root, 1, ["loss=focal", "loss.gamma=2", "seed=1"], "failed")
     _fake_job(root, 2, ["loss=focal", "loss.gamma=5", "seed=1"], "running")  # killed
     _fake_job(root, 10, ["loss=focal", "loss.gamma=1", "seed=1"], None, iou=0.25)  # run without runs.jobs
-    rows = summary.collect(root)
+    rows = sweeps.collect(root)
     assert [r["job"] for r in rows] == ["0", "1", "2", "10"]  # numeric order
     assert [r["status"] for r in rows] == ["ok", "failed", "incomplete", "ok"]
     assert [r["loss.gamma"] for r in rows] == ["0", "2", "5", "1"]
@@ -305,7 +306,7 @@ def test_rarest_classes_come_from_each_job(tmp_path):
     root = tmp_path / "sweep"
     _fake_job(root, 0, ["datamodule.seed=0"], "ok", iou=0.5, counts=(900, 50, 30, 15, 5))
     _fake_job(root, 1, ["datamodule.seed=1"], "ok", iou=0.5, counts=(900, 5, 30, 15, 50))
-    rows = summary.collect(root)
+    rows = sweeps.collect(root)
     columns = [k.removeprefix("test_IoU/") for k in rows[0] if k.startswith("test_IoU/")]
     assert columns == ["cross", "bar", "square", "disc"]  # the union, rarest of the first job first
     # job 1's rare classes: disc, bar, square
@@ -316,7 +317,7 @@ def test_write_summary_numeric_and_categorical_sweeps(tmp_path, capsys):
     numeric = tmp_path / "numeric"
     for i, gamma in enumerate(("0", "0.5", "2")):
         _fake_job(numeric, i, [f"loss.gamma={gamma}"], "ok", iou=0.1 * (i + 1))
-    path = summary.write_summary(numeric)
+    path = sweeps.write_summary(numeric)
     assert path == numeric / "summary.csv" and is_png(numeric / "summary.png")
     assert [r["loss.gamma"] for r in read_csv(path)] == ["0", "0.5", "2"]
     assert "sweep" in capsys.readouterr().out
@@ -325,7 +326,7 @@ def test_write_summary_numeric_and_categorical_sweeps(tmp_path, capsys):
     for i, (loss, weights) in enumerate([("ce", "none"), ("focal", "none"), ("focal", "inverse")]):
         _fake_job(categorical, i, [f"loss={loss}", f"class_weights={weights}"], "ok" if i else "failed",
                   iou=0.3 if i else None)
-    rows = read_csv(summary.write_summary(categorical, print_it=False))
+    rows = read_csv(sweeps.write_summary(categorical, print_it=False))
     assert [r["overrides"] for r in rows] == ["loss=ce class_weights=none", "loss=focal class_weights=none",
                                               "loss=focal class_weights=inverse"]
     assert is_png(categorical / "summary.png")
@@ -337,7 +338,7 @@ def test_swept_keys_declared_in_multirun_yaml(tmp_path):
     _fake_job(root, 0, ["loss.gamma=2", "loss=focal"], "ok", iou=0.5)  # a one-job sweep
     (root / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task:\n    - loss.gamma=2\n    - loss=focal,dice\n")
-    (row,) = summary.collect(root)
+    (row,) = sweeps.collect(root)
     assert row["loss"] == "focal" and "loss.gamma" not in row
 
 
@@ -382,4 +383,4 @@ def test_summary_jobs_and_ranks_load_without_torch():
 
 def test_collect_of_a_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        summary.collect(tmp_path / "nowhere")
+        sweeps.collect(tmp_path / "nowhere")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models import load_for_inference
-from models.inference_checkpoint import INFERENCE_KEY
+from inference import load_for_inference
+from inference.metadata import INFERENCE_KEY
 from runs.predicting import predict
 from runs.training import run
 from tests.runs.inference_helpers import make_checkpoint, write_image

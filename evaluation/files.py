@@ -1,5 +1,7 @@
-"""The evaluation files of a run, next to ``metrics.json`` (written by global rank 0,
-:func:`runs.training.fit_and_test` / :func:`runs.training.evaluate`):
+"""The evaluation files of a run (written by global rank 0, ``runs.training.fit_and_test`` /
+``runs.training.evaluate``):
+
+- ``metrics.json`` (:func:`write_metrics`): the scores of every split, the checkpoint and its epoch;
 
 - ``test_per_image.csv``: one row per test image, sorted by name (:data:`PER_IMAGE_CSV`, columns
   :func:`per_image_columns`): ``name``, ``mIoU``, ``mDice`` of the image (``nanmean`` over its classes),
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,8 +30,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from models.metrics import PerImageCounts
-from safeio import atomic_path
+from evaluation.per_image import PerImageCounts
+from safeio import atomic_path, write_json
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ANNOTATE_MAX",
@@ -39,13 +44,21 @@ __all__ = [
     "plot_confusion",
     "write_confusion_csv",
     "write_evaluation_outputs",
+    "write_metrics",
     "write_per_image_csv",
 ]
 
 PER_IMAGE_CSV = "test_per_image.csv"
+METRICS_JSON = "metrics.json"
 MULTILABEL_COLUMNS = ("TN", "FP", "FN", "TP")
 #: Heatmaps of up to this many classes have their values written in the cells.
 ANNOTATE_MAX = 20
+
+
+def write_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """``record`` as JSON, atomically; NaN/inf scores (a split whose pixels are all ignored) as null."""
+    write_json(Path(path), record)
+    log.info("metrics written to %s", path)
 
 
 def confusion_names(split: str) -> tuple[str, str]:

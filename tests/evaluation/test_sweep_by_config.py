@@ -1,6 +1,7 @@
-"""runs.summary per configuration: the jobs of a sweep that differ only in ``seed`` aggregated as mean ±
-sample std (ddof=1) and n, in ``summary_by_config.csv``, ``summary_by_config.png``, the printed table and
-the CLI. Every sweep here is a hand-made directory with known scores: no training, seconds."""
+"""The sweep summary per configuration (evaluation.sweeps; its CLI runs.summary): the jobs of a sweep that
+differ only in ``seed`` aggregated as mean ± sample std (ddof=1) and n, in ``summary_by_config.csv``,
+``summary_by_config.png``, the printed table and the CLI. Every sweep here is a hand-made directory
+with known scores: no training, seconds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from evaluation import sweeps
 from runs import summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +98,7 @@ def by_overrides(configs: list[dict]) -> dict[str, dict]:
 
 
 def test_mean_and_sample_std_per_configuration(tmp_path):
-    configs = summary.collect_by_config(study(tmp_path / "sweep"))
+    configs = sweeps.collect_by_config(study(tmp_path / "sweep"))
     assert [c["overrides"] for c in configs] == [
         "loss=ce class_weights=none", "loss=ce class_weights=median_frequency",
         "loss=focal_dice class_weights=none", "loss=focal_dice class_weights=median_frequency"]
@@ -127,7 +129,7 @@ def test_mean_and_sample_std_per_configuration(tmp_path):
 
 
 def test_failed_and_killed_jobs_are_excluded_and_counted(tmp_path):
-    configs = by_overrides(summary.collect_by_config(study(tmp_path / "sweep")))
+    configs = by_overrides(sweeps.collect_by_config(study(tmp_path / "sweep")))
     failed = configs["loss=ce class_weights=median_frequency"]
     assert (failed["n"], failed["n_not_ok"], failed["seeds"], failed["jobs"], failed["not_ok_jobs"]) == (
         2, 1, "0 2", "3 5", "4:failed")
@@ -146,13 +148,13 @@ def test_failed_and_killed_jobs_are_excluded_and_counted(tmp_path):
 
 def test_a_single_seed_has_n_1_and_no_std(tmp_path):
     root = study(tmp_path / "sweep")
-    single = by_overrides(summary.collect_by_config(root))["loss=focal_dice class_weights=none"]
+    single = by_overrides(sweeps.collect_by_config(root))["loss=focal_dice class_weights=none"]
     assert (single["n"], single["n_not_ok"], single["seeds"]) == (1, 0, "0")
     assert single["val_mIoU_mean"] == pytest.approx(0.5) and single["val_mIoU_n"] == 1
     assert single["val_mIoU_std"] is None and single["test_IoU/cross_std"] is None
 
-    summary.write_summary(root, print_it=False)
-    row = by_overrides(read_csv(root / summary.BY_CONFIG_CSV_NAME))["loss=focal_dice class_weights=none"]
+    sweeps.write_summary(root, print_it=False)
+    row = by_overrides(read_csv(root / sweeps.BY_CONFIG_CSV_NAME))["loss=focal_dice class_weights=none"]
     assert row["n"] == "1" and row["val_mIoU_std"] == "" and float(row["val_mIoU_mean"]) == pytest.approx(0.5)
 
 
@@ -162,19 +164,19 @@ def test_a_configuration_without_a_finished_job(tmp_path):
     fake_job(root, 1, ["loss.gamma=-1", "seed=1"], "failed")
     fake_job(root, 2, ["loss.gamma=2", "seed=0"], "ok", miou=0.5)
     fake_job(root, 3, ["loss.gamma=2", "seed=1"], "ok", miou=0.7)
-    bad, good = summary.collect_by_config(root)
+    bad, good = sweeps.collect_by_config(root)
     assert (bad["loss.gamma"], bad["n"], bad["n_not_ok"]) == ("-1", 0, 2)
     assert bad["not_ok_jobs"] == "0:failed 1:failed"
     assert bad["val_mIoU_mean"] is None and bad["val_mIoU_std"] is None and bad["val_mIoU_n"] == 0
     assert good["val_mIoU_mean"] == pytest.approx(0.6)
     assert good["val_mIoU_std"] == pytest.approx(math.sqrt(0.02))  # (0.1² + 0.1²) / (2 - 1)
-    summary.write_summary(root, print_it=False)  # a numeric key with an empty configuration still plots
-    assert is_png(root / summary.BY_CONFIG_PLOT_NAME)
+    sweeps.write_summary(root, print_it=False)  # a numeric key with an empty configuration still plots
+    assert is_png(root / sweeps.BY_CONFIG_PLOT_NAME)
 
 
 def test_write_summary_writes_both_csvs_and_plots(tmp_path):
     root = study(tmp_path / "sweep")
-    csv_path = summary.write_summary(root, print_it=False)
+    csv_path = sweeps.write_summary(root, print_it=False)
     assert csv_path == root / "summary.csv"
     jobs = read_csv(csv_path)  # per job, as before: one row per job, seed a column
     assert [r["job"] for r in jobs] == ["0", "1", "2", "3", "4", "5", "6", "9", "10", "11"]
@@ -185,7 +187,7 @@ def test_write_summary_writes_both_csvs_and_plots(tmp_path):
     columns = list(rows[0])
     assert columns[:8] == ["loss", "class_weights", "overrides", "n", "n_not_ok", "seeds", "jobs",
                            "not_ok_jobs"]
-    scores = [*summary.AGGREGATED, *(f"test_IoU/{n}" for n in NAMES), "wall_time_s"]
+    scores = [*sweeps.AGGREGATED, *(f"test_IoU/{n}" for n in NAMES), "wall_time_s"]
     assert columns[8:] == [f"{s}_{stat}" for s in scores for stat in ("mean", "std", "n")]
     assert float(rows[0]["val_mIoU_std"]) == pytest.approx(0.1)
     assert rows[1]["n"] == "2" and rows[1]["n_not_ok"] == "1" and rows[1]["not_ok_jobs"] == "4:failed"
@@ -194,7 +196,7 @@ def test_write_summary_writes_both_csvs_and_plots(tmp_path):
 
 def test_printed_table_shows_mean_std_n_and_the_excluded_jobs(tmp_path, capsys):
     root = study(tmp_path / "sweep")
-    summary.write_summary(root)
+    sweeps.write_summary(root)
     out = capsys.readouterr().out
     assert "10 jobs, 2 not ok" in out  # the per-job table is still printed, first
     by_config = out[out.index("4 configurations"):]
@@ -209,7 +211,7 @@ def test_only_seeds_swept_is_one_configuration(tmp_path):
     root = tmp_path / "sweep"
     for seed in range(3):
         fake_job(root, seed, ["loss=focal", f"seed={seed}"], "ok", miou=0.5 + 0.1 * seed)
-    (config,) = summary.collect_by_config(root)
+    (config,) = sweeps.collect_by_config(root)
     assert config["overrides"] == "" and config["n"] == 3 and config["seeds"] == "0 1 2"
     assert config["val_mIoU_std"] == pytest.approx(0.1)
 
@@ -218,10 +220,10 @@ def test_a_sweep_without_seeds_has_one_configuration_per_job(tmp_path, capsys):
     root = tmp_path / "sweep"
     for i, gamma in enumerate(("0", "2", "5")):
         fake_job(root, i, [f"loss.gamma={gamma}"], "ok", miou=0.1 * (i + 1))
-    configs = summary.collect_by_config(root)
+    configs = sweeps.collect_by_config(root)
     assert [(c["loss.gamma"], c["n"], c["seeds"], c["val_mIoU_std"]) for c in configs] == [
         ("0", 1, "-", None), ("2", 1, "-", None), ("5", 1, "-", None)]
-    summary.write_summary(root)
+    sweeps.write_summary(root)
     out = capsys.readouterr().out
     assert "3 jobs" in out and "configurations" not in out  # nothing to aggregate: no second table
     assert (root / "summary_by_config.csv").is_file() and is_png(root / "summary_by_config.png")
@@ -233,9 +235,9 @@ def test_seed_declared_in_multirun_yaml_and_other_seed_keys(tmp_path):
     fake_job(root, 1, ["loss=ce", "seed=1", "datamodule.seed=1"], "ok", miou=0.7)
     (root / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task:\n    - loss=ce\n    - seed=0,1\n    - datamodule.seed=0,1\n")
-    configs = summary.collect_by_config(root)  # datamodule.seed is a configuration key by default
+    configs = sweeps.collect_by_config(root)  # datamodule.seed is a configuration key by default
     assert [c["overrides"] for c in configs] == ["datamodule.seed=0", "datamodule.seed=1"]
-    (both,) = summary.collect_by_config(root, seed_keys=("seed", "datamodule.seed"))
+    (both,) = sweeps.collect_by_config(root, seed_keys=("seed", "datamodule.seed"))
     assert both["n"] == 2 and both["seeds"] == "0/0 1/1" and both["val_mIoU_mean"] == pytest.approx(0.6)
 
 
@@ -293,8 +295,8 @@ def test_aggregating_loads_no_torch_and_leaves_the_plot_backend_alone(tmp_path):
     # no torch for `python -m runs.summary`; no pyplot and no matplotlib.use("Agg"): a notebook that calls
     # write_summary keeps its inline backend (its later plt.show() still shows figures)
     root = study(tmp_path / "sweep")
-    code = ("import sys, matplotlib; matplotlib.use('svg'); from runs import summary; "
-            "summary.collect_by_config(sys.argv[1]); summary.write_summary(sys.argv[1], print_it=False); "
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from evaluation import sweeps; "
+            "sweeps.collect_by_config(sys.argv[1]); sweeps.write_summary(sys.argv[1], print_it=False); "
             "print(sorted(m for m in ('torch', 'seglosses', 'pytorch_lightning', 'matplotlib.pyplot') "
             "if m in sys.modules), matplotlib.get_backend())")
     proc = subprocess.run([sys.executable, "-c", code, str(root)], cwd=ROOT, capture_output=True, text=True,

@@ -4,14 +4,14 @@ import pytest
 import torch
 from rich.console import Console
 
-from models.metrics import (
+from evaluation.confusion import (
     MultilabelSegmentationMetrics,
     SegmentationMetrics,
     metric_logs,
     scores_from_confusion,
     scores_from_multilabel_confusion,
 )
-from models.report import class_table, summarize
+from evaluation.tables import class_table, summarize
 
 NAN = float("nan")
 

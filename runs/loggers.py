@@ -6,16 +6,16 @@ import csv
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_warn
 
+from runs.lightning_compat import CSVWriter, logger_experiment, logger_filesystem, set_logger_experiment
 from safeio import atomic_path
 
 __all__ = ["ResumableCSVLogger"]
 
 
-class _HistoryWriter(ExperimentWriter):
+class _HistoryWriter(CSVWriter):
     """Lightning's CSV writer, which deletes an existing ``metrics.csv`` when it is created and appends to
     the file in place. This one decides at its first save instead: when its logger was told to keep the
     history (``keep_until_epoch`` set), the file's rows of the epochs up to ``keep_until_epoch`` (and its
@@ -29,7 +29,7 @@ class _HistoryWriter(ExperimentWriter):
         self._rows: list[dict[str, Any]] = []
         super().__init__(log_dir=log_dir)
 
-    def _check_log_dir_exists(self) -> None:
+    def check_log_dir(self) -> None:
         """Deferred to the first :meth:`save` (Lightning creates the writer before a resume is known)."""
 
     def save(self) -> None:
@@ -37,7 +37,7 @@ class _HistoryWriter(ExperimentWriter):
             return
         if not self.settled:
             self._settle()
-        self._record_new_keys()
+        self.record_new_keys()
         self._rows += self.metrics
         with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
@@ -48,7 +48,7 @@ class _HistoryWriter(ExperimentWriter):
     def _settle(self) -> None:
         self.settled = True
         until = self._logger.keep_until_epoch
-        if not self._fs.isfile(self.metrics_file_path):
+        if not self.filesystem.isfile(self.metrics_file_path):
             return
         if until is None:
             rank_zero_warn(
@@ -56,7 +56,7 @@ class _HistoryWriter(ExperimentWriter):
                 "keeps its rows)"
             )
             return
-        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+        with self.filesystem.open(self.metrics_file_path, "r", newline="") as file:
             reader = csv.DictReader(file)
             self.metrics_keys = list(reader.fieldnames or [])  # new columns are added to these
             self._rows = [row for row in reader if _row_epoch(row) is None or _row_epoch(row) <= until]
@@ -83,15 +83,15 @@ class ResumableCSVLogger(CSVLogger):
     def keep_history(self, until_epoch: int) -> None:
         """Keep the existing rows of the epochs ``<= until_epoch`` (the ``epoch`` of the checkpoint the run
         resumes from). Call before the first metrics are saved."""
-        if isinstance(self._experiment, _HistoryWriter) and self._experiment.settled:
+        writer = logger_experiment(self)
+        if isinstance(writer, _HistoryWriter) and writer.settled:
             raise RuntimeError("keep_history() must be called before the logger saves its first metrics")
         self.keep_until_epoch = int(until_epoch)
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is not None:
-            return self._experiment
-        self._fs.makedirs(self.root_dir, exist_ok=True)
-        self._experiment = _HistoryWriter(log_dir=self.log_dir, logger=self)
-        return self._experiment
+    def experiment(self) -> CSVWriter:
+        if logger_experiment(self) is None:
+            logger_filesystem(self).makedirs(self.root_dir, exist_ok=True)
+            set_logger_experiment(self, _HistoryWriter(log_dir=self.log_dir, logger=self))
+        return logger_experiment(self)

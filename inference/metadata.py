@@ -12,7 +12,6 @@ ignore_index, a colour per class), the input (channels, normalisation mean/std) 
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from inference.checkpoints import read_checkpoint
+from models.module import INFERENCE_KEY
 from seglosses.modes import check_mode
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "read_inference_checkpoint",
 ]
 
-#: Checkpoint entry that holds :meth:`InferenceInfo.to_dict`.
-INFERENCE_KEY = "inference"
 INFERENCE_FORMAT = "imbalanced-seg/inference"
 INFERENCE_VERSION = 1
 #: Prefix of the network's weights in the LightningModule's state dict.
@@ -101,30 +100,6 @@ class InferenceInfo:
         return info
 
 
-def _load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path} (ckpt_path={path}); give the path of a .ckpt file, e.g. "
-            "<run dir>/checkpoints/best-epoch007.ckpt"
-        )
-    try:
-        # Tensors and plain containers only: loading cannot run code from the file.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} holds Python objects other than tensors and plain values, so it was not written by "
-            f"this project's training; it is not loaded (weights_only): {str(e).splitlines()[0]}"
-        ) from None
-    except Exception as e:  # RuntimeError, EOFError, zipfile errors, KeyError of a text file, ...
-        raise ValueError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is truncated or not a "
-            f"PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a PyTorch Lightning checkpoint (no 'state_dict' entry)")
-    return checkpoint
-
-
 def read_inference_checkpoint(path: str | Path) -> tuple[dict[str, Any], InferenceInfo]:
     """The checkpoint at ``path`` (loaded ``weights_only``) and its :class:`InferenceInfo`.
 
@@ -135,7 +110,7 @@ def read_inference_checkpoint(path: str | Path) -> tuple[dict[str, Any], Inferen
             ``python train.py train=false ckpt_path=...`` and the run's overrides).
     """
     path = Path(path)
-    checkpoint = _load(path)
+    checkpoint = read_checkpoint(path)  # weights_only: loading runs no code from the file
     if INFERENCE_KEY not in checkpoint:
         raise ValueError(
             f"{path} has no inference metadata ('{INFERENCE_KEY}' entry): it was written by an older "

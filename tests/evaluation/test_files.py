@@ -1,4 +1,4 @@
-"""Evaluation files of a run (runs.evaluation): test_per_image.csv, confusion_<split>.csv/.png, the images
+"""Evaluation files of a run (evaluation.files): test_per_image.csv, confusion_<split>.csv/.png, the images
 sent to TensorBoard (runs.tracking.log_figure); end to end with train.py, single process and DDP."""
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from models.metrics import (
-    MultilabelSegmentationMetrics,
-    PerImageCounts,
-    SegmentationMetrics,
-    per_image_counts,
-)
-from runs.evaluation import (
+from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics
+from evaluation.files import (
     normalize_rows,
     per_image_columns,
     plot_confusion,
@@ -31,6 +26,7 @@ from runs.evaluation import (
     write_evaluation_outputs,
     write_per_image_csv,
 )
+from evaluation.per_image import PerImageCounts, per_image_counts
 from runs.tracking import log_figure, log_files
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_ODD
 

@@ -1,5 +1,5 @@
-"""Whole-image and sliding-window inference, flip TTA, accumulation plan (models.inference), on tiny CPU
-networks: each test runs in well under a second."""
+"""Whole-image and sliding-window inference, flip TTA, accumulation plan (inference.predict, inference.tiles,
+inference.memory), on tiny CPU networks: each test runs in well under a second."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-import models.inference as inference
-from models.inference import (
+import inference.memory as memory
+from inference import (
     InferenceConfig,
     activation_for_mode,
     importance_vector,
@@ -26,6 +26,7 @@ from models.inference import (
     predict_probabilities,
     tile_starts,
 )
+from inference.tiles import pad_bottom_right
 from models.networks import build_network
 
 
@@ -98,7 +99,7 @@ def reference_whole(net, x, multiple):
 
 
 def reference_slide(net, x, tile, overlap, blend):
-    """Naive sliding window: full 2-D importance and count maps (what models.inference avoids)."""
+    """Naive sliding window: full 2-D importance and count maps (what inference.predict avoids)."""
     n, _, h, w = x.shape
     th, tw = tile
     hp, wp = max(h, th), max(w, tw)
@@ -149,7 +150,7 @@ def test_config_normalises_tile_and_tta():
 
 def test_config_from_hydra_instantiate():
     cfg = OmegaConf.create(
-        {"_target_": "models.inference.InferenceConfig", "mode": "auto", "tile": [64, 64],
+        {"_target_": "inference.InferenceConfig", "mode": "auto", "tile": [64, 64],
          "tta": ["hflip", "vflip"], "blend": "constant"}
     )  # fmt: skip
     c = instantiate(cfg)
@@ -378,7 +379,7 @@ def test_network_state_and_result_tensor():
 def test_padding_bottom_right(pad_mode, h, w):
     x = image(2, h, w)
     for ph, pw in [(0, 3), (2, 0), (7, 40), (63, 63)]:
-        padded = inference._pad_bottom_right(x, ph, pw, pad_mode)
+        padded = pad_bottom_right(x, ph, pw, pad_mode)
         # numpy's reflect also reflects repeatedly past the border, and repeats a 1-pixel side
         expected = np.pad(x.numpy(), ((0, 0), (0, 0), (0, ph), (0, pw)), mode=pad_mode)
         np.testing.assert_array_equal(padded.numpy(), expected)
@@ -441,19 +442,19 @@ def test_plan_accumulation_rule(monkeypatch):
     shape = (1, 12, 1000, 1000)  # 48 MB in float32
     plan = plan_accumulation(shape, "cpu")
     assert (plan.device.type, plan.dtype, plan.bytes, plan.budget_bytes) == ("cpu", torch.float32, 48e6, None)
-    monkeypatch.setattr(inference, "_cuda_available_bytes", lambda device: 10**9)
+    monkeypatch.setattr(memory, "_cuda_available_bytes", lambda device: 10**9)
     assert plan_accumulation(shape, "cuda").device == torch.device("cuda")
-    monkeypatch.setattr(inference, "_cuda_available_bytes", lambda device: 90 * 10**6)
+    monkeypatch.setattr(memory, "_cuda_available_bytes", lambda device: 90 * 10**6)
     plan = plan_accumulation(shape, "cuda")  # 48 MB > 0.5 * 90 MB: on the CPU
     assert plan.device == torch.device("cpu") and plan.dtype == torch.float32 and plan.budget_bytes == 45e6
     assert "CPU" in plan.reason
     assert plan_accumulation(shape, "cuda", accumulate_device="cuda").device == torch.device("cuda")
     # exact by default, even beyond the CPU budget; float16 only when asked ("auto" or a dtype)
-    monkeypatch.setattr(inference, "_cpu_available_bytes", lambda: 50 * 10**6)
+    monkeypatch.setattr(memory, "_cpu_available_bytes", lambda: 50 * 10**6)
     assert plan_accumulation(shape, "cpu").dtype == torch.float32
     plan = plan_accumulation(shape, "cpu", accumulate_dtype="auto")
     assert plan.dtype == torch.float16 and plan.bytes == 24e6 and "float16" in plan.reason
-    monkeypatch.setattr(inference, "_cpu_available_bytes", lambda: 10**9)
+    monkeypatch.setattr(memory, "_cpu_available_bytes", lambda: 10**9)
     assert plan_accumulation(shape, "cpu", accumulate_dtype="auto").dtype == torch.float32
     assert plan_accumulation(shape, "cpu", accumulate_dtype=torch.float16).dtype == torch.float16
 

@@ -72,7 +72,7 @@ def _make_module(loss: torch.nn.Module, num_classes: int = 3, mode: str = "multi
     options = {
         "class_names": ["background", "Car", "Pedestrian"][:num_classes],
         "ignore_index": 255,
-        "print_tables": False,
+        "print_tables": "none",
         **kwargs,
     }
     return SegmentationModule(

@@ -1,12 +1,18 @@
-"""Loading weights from a checkpoint with a clear error when it does not match the model."""
+"""Reading checkpoints, one way for every reader (:func:`read_checkpoint`: resume checks, ``train=false``
+evaluation, inference, export), and loading their weights into a model with a clear error when they do not
+fit it (:func:`check_checkpoint`, :func:`load_checkpoint_weights`)."""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from models.gamma_schedule import restore_loss_gammas
 
 __all__ = ["CheckpointMismatchError", "check_checkpoint", "load_checkpoint_weights", "read_checkpoint"]
 
@@ -17,12 +23,17 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's weights or label metadata do not fit the model built from the config."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU.
+def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
+    """The Lightning checkpoint at ``path``, loaded on the CPU.
+
+    ``weights_only=True`` (default) loads tensors and plain containers only, so loading cannot run code from
+    the file (inference, export: checkpoints of anyone); ``False`` also loads the optimizer and callback
+    states of the project's own training checkpoints (resume, ``train=false``).
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message names the ``ckpt_path=`` override).
-        ValueError: the file is not a checkpoint with a ``state_dict``.
+        ValueError: the file is truncated, not a PyTorch checkpoint, holds Python objects other than tensors
+            and plain values (``weights_only``), or has no ``state_dict``.
     """
     path = Path(path)
     if not path.is_file():
@@ -31,13 +42,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "<run dir>/checkpoints/last.ckpt"
         )
     try:
-        # Our own Lightning checkpoints hold optimizer/callback states besides tensors: not weights_only.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        if not weights_only or not zipfile.is_zipfile(path):  # not torch.save's zip: no checkpoint at all
+            raise ValueError(_unreadable(path, e)) from None
+        raise ValueError(
+            f"{path} holds Python objects other than tensors and plain values, so it was not written by "
+            f"this project's training; it is not loaded (weights_only): {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:  # RuntimeError, EOFError, zipfile errors, KeyError of a text file, ...
+        raise ValueError(_unreadable(path, e)) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"{path} is not a PyTorch Lightning checkpoint (no 'state_dict' entry)")
     return checkpoint
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    first = str(error).splitlines()[0] if str(error) else ""
+    return (f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is truncated or not a "
+            f"PyTorch checkpoint ({type(error).__name__}: {first})")
 
 
 def check_checkpoint(
@@ -80,14 +103,17 @@ def check_checkpoint(
 
 
 def load_checkpoint_weights(module: nn.Module, path: str | Path) -> dict[str, Any]:
-    """:func:`read_checkpoint`, :func:`check_checkpoint`, then load the weights strictly (and call the
-    module's ``on_load_checkpoint``, which restores e.g. focal gammas). Returns the checkpoint."""
-    checkpoint = read_checkpoint(path)
+    """:func:`read_checkpoint` (the project's own training checkpoint: not ``weights_only``),
+    :func:`check_checkpoint`, then load the weights strictly, call the module's ``on_load_checkpoint`` and
+    set the focal gammas the checkpoint recorded (:func:`models.gamma_schedule.restore_loss_gammas`).
+    Returns the checkpoint."""
+    checkpoint = read_checkpoint(path, weights_only=False)
     check_checkpoint(module, checkpoint, path)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     hook = getattr(module, "on_load_checkpoint", None)
     if callable(hook):
         hook(checkpoint)
+    restore_loss_gammas(getattr(module, "loss", module), checkpoint)
     return checkpoint
 
 

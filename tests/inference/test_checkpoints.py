@@ -2,7 +2,8 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from models.checkpoint import CheckpointMismatchError, load_checkpoint_weights, read_checkpoint
+from inference.checkpoints import CheckpointMismatchError, load_checkpoint_weights, read_checkpoint
+from models.gamma_schedule import GammaScheduleCallback
 from seglosses.focal import FocalLoss
 
 
@@ -11,7 +12,8 @@ def trained(make_module, trainer, loader, tmp_path):
     """A module fitted for one epoch, its test results, and its checkpoint."""
     module = make_module(FocalLoss(mode="multiclass", gamma=2.0, ignore_index=255))
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="best")
-    t = trainer(max_epochs=1, limit_train_batches=2, enable_checkpointing=True, callbacks=[checkpoint])
+    callbacks = [checkpoint, GammaScheduleCallback(None)]  # it stores the loss's gammas in checkpoints
+    t = trainer(max_epochs=1, limit_train_batches=2, enable_checkpointing=True, callbacks=callbacks)
     t.fit(module, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     module.loss.gamma = 0.5  # as a gamma schedule would have left it
     t.save_checkpoint(tmp_path / "best.ckpt")
@@ -55,8 +57,9 @@ def test_missing_or_unreadable_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "nope.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="could not read checkpoint"):
-        read_checkpoint(bad)
+    for weights_only in (True, False):
+        with pytest.raises(ValueError, match=r"cannot read checkpoint .* truncated or not a PyTorch"):
+            read_checkpoint(bad, weights_only=weights_only)
     torch.save({"weights": 1}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a PyTorch Lightning checkpoint"):
         read_checkpoint(tmp_path / "plain.pt")

@@ -1,4 +1,5 @@
-"""Per-class results table (like mmsegmentation's), printed with rich, and a JSON-ready summary."""
+"""Per-class results table (like mmsegmentation's), printed with rich, the worst images, the one-line summary
+of a validation epoch and a JSON-ready summary."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-__all__ = ["class_table", "print_class_table", "summarize", "worst_images", "worst_images_table"]
+__all__ = [
+    "class_table",
+    "epoch_line",
+    "print_class_table",
+    "summarize",
+    "worst_images",
+    "worst_images_table",
+]
 
 COLUMNS = (("IoU", "iou"), ("Dice", "dice"), ("Precision", "precision"), ("Recall", "recall"))
 
@@ -48,7 +56,7 @@ def worst_images_table(names: Sequence[str], scores: dict[str, Tensor], class_na
                        title: str = "") -> Table:
     """Rich table of the :func:`worst_images` by mIoU: rank, image name, mIoU, mDice (%) and the image's
     class of lowest IoU. ``scores``: per-image scores, (N, C) ``iou`` and (N,) ``mIoU``, ``mDice``
-    (:meth:`models.metrics.PerImageCounts.scores`)."""
+    (:meth:`evaluation.per_image.PerImageCounts.scores`)."""
     table = Table(title=title)
     for header in ("#", "Image", "mIoU", "mDice", "Lowest IoU"):
         table.add_column(header, justify="left" if header in ("Image", "Lowest IoU") else "right")
@@ -86,3 +94,23 @@ def summarize(scores: dict[str, Tensor], class_names: Sequence[str]) -> dict[str
         "pixel_acc": clean(float(scores["pixel_acc"])),
         "per_class": per_class,
     }
+
+
+def epoch_line(epoch: int, scores: dict[str, Tensor], class_names: Sequence[str], rare: Sequence[str],
+               best: tuple[float, int] | None) -> str:
+    """One line for a validation epoch: mIoU, the mean IoU of the ``rare`` classes (left out when they are
+    all the classes), the class of lowest IoU and its IoU, and the ``best`` (mIoU, epoch) so far; in %.
+    Example: ``val epoch 3: mIoU 85.12 | rare (cross, bar, square) 61.40 | weakest cross 20.31 | best
+    85.12 (epoch 3)``."""
+    iou = scores["iou"].double().cpu()
+    parts = [f"val epoch {epoch}: mIoU {_pct(float(scores['mIoU']))}"]
+    index = [list(class_names).index(n) for n in rare if n in class_names]
+    if index and len(index) < len(class_names):
+        parts.append(f"rare ({', '.join(rare)}) {_pct(float(torch.nanmean(iou[index])))}")
+    scored = torch.nan_to_num(iou, nan=math.inf)
+    if bool(torch.isfinite(scored).any()):
+        c = int(scored.argmin())
+        parts.append(f"weakest {class_names[c]} {_pct(float(iou[c]))}")
+    if best is not None:
+        parts.append(f"best {_pct(best[0])} (epoch {best[1]})")
+    return " | ".join(parts)

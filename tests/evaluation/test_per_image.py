@@ -1,6 +1,6 @@
-"""Per-image pixel counts and scores (models.metrics.per_image_counts, PerImageCounts), the worst-images
-table, and SegmentationModule's test-stage per-image rows and confusion matrices, against numpy brute
-force."""
+"""Per-image pixel counts and scores (evaluation.per_image: per_image_counts, PerImageCounts), the
+worst-images table, and SegmentationModule's test-stage per-image rows and confusion matrices, against
+numpy brute force."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from models.metrics import (
-    MultilabelSegmentationMetrics,
-    PerImageCounts,
-    SegmentationMetrics,
-    per_image_counts,
-)
-from models.report import worst_images, worst_images_table
+from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics
+from evaluation.per_image import PerImageCounts, per_image_counts
+from evaluation.tables import worst_images, worst_images_table
 
 IGNORE = 255
 
@@ -204,7 +200,7 @@ def test_test_stage_keeps_per_image_counts_of_mixed_size_batches(mode, make_modu
     multilabel = mode == "multilabel"
     num_classes = {"multiclass": 3, "binary": 1, "multilabel": 3}[mode]
     module = make_module(lambda logits, target: logits.mean(), num_classes=num_classes, mode=mode,
-                         class_names=None, print_tables=True, worst_images=2)
+                         class_names=None, print_tables="best_and_test", worst_images=2)
     dataset = MixedSizes(num_classes=2 if mode == "binary" else 3, multilabel=multilabel)
     trainer().test(module, dataloaders=DataLoader(dataset, batch_size=1), verbose=False)
 
@@ -229,7 +225,8 @@ def test_test_stage_keeps_per_image_counts_of_mixed_size_batches(mode, make_modu
 
 
 def test_worst_images_zero_prints_no_table_and_is_checked(make_module, trainer, capsys):
-    module = make_module(nn.CrossEntropyLoss(ignore_index=IGNORE), print_tables=True, worst_images=0)
+    module = make_module(nn.CrossEntropyLoss(ignore_index=IGNORE), print_tables="best_and_test",
+                         worst_images=0)
     trainer().test(module, dataloaders=DataLoader(MixedSizes(), batch_size=1), verbose=False)
     out = capsys.readouterr().out
     assert "test" in out and "worst images" not in out

@@ -1,0 +1,16 @@
+"""Scoring segmentations, a layer beside ``models`` and ``datamodules``: it scores tensors and writes what
+it scored, and imports no network and no data set (only ``seglosses`` and ``safeio`` of ours). Import the
+modules themselves (this package imports nothing, so that ``evaluation.sweeps`` loads without torch):
+
+- ``evaluation.confusion``: per-class IoU, Dice, precision, recall from confusion matrices; the
+  (DDP-synced) metrics the LightningModule updates; ``metric_logs``
+- ``evaluation.per_image``: per-image pixel counts, :class:`PerImageCounts`, the recorder that gathers them
+  over DDP processes
+- ``evaluation.nonfinite``: the guard that fails an evaluation epoch with a NaN/inf loss
+- ``evaluation.tables``: the per-class table, the worst images, the one-line epoch summary, ``summarize``
+- ``evaluation.reporting``: what is printed when (``module.print_tables``)
+- ``evaluation.files``: ``metrics.json``, ``test_per_image.csv``, ``confusion_<split>.csv``/``.png``
+- ``evaluation.grids``: class colours, multilabel bit flags, the image | truth | prediction grid
+- ``evaluation.callbacks``: :class:`PredictionGridCallback`
+- ``evaluation.sweeps``: sweep summaries (no torch)
+"""
