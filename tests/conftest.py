@@ -1,128 +1,65 @@
-"""Tiny networks and data for the models tests (32x32 images, a ~0.1M-parameter smp U-Net)."""
+"""Fixtures shared by the test packages: the tiny networks and data of ``tests/tiny.py``.
+
+This file is loaded by every pytest process, pytest-xdist's controller included, which runs no test: the
+fixtures import torch and Lightning (about 10 s on 2 cores) only when a test asks for them.
+"""
 
 from __future__ import annotations
 
-import functools
+import os
 
 import pytest
-import pytorch_lightning as pl
-import segmentation_models_pytorch as smp
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from models import SegmentationModule, build_network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
 
-
-class RandomSegmentation(Dataset):
-    """Images whose first channel encodes the class (learnable), masks with a few ignored pixels."""
-
-    def __init__(
-        self, n: int = 8, num_classes: int = 3, size: int = 32, ignore_index: int | None = 255, seed: int = 0
-    ) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.masks = torch.randint(0, num_classes, (n, size, size), generator=g)
-        self.images = torch.randn(n, 3, size, size, generator=g) * 0.1
-        self.images[:, 0] += self.masks.float()
-        if ignore_index is not None:
-            self.masks[:, 0, :4] = ignore_index
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "name": f"sample_{i}"}
-
-
-class RandomMultilabelSegmentation(Dataset):
-    """Multilabel (C, H, W) {0, 1} masks (labels overlap) with image channel c encoding label c; the first
-    4 pixels of row 0 ignored (``ignore_index`` in every channel), as the datamodules deliver them."""
-
-    def __init__(
-        self, n: int = 8, num_labels: int = 3, size: int = 32, ignore_index: int = 255, seed: int = 0
-    ) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.masks = torch.randint(0, 2, (n, num_labels, size, size), generator=g)
-        self.images = torch.randn(n, num_labels, size, size, generator=g) * 0.1 + self.masks.float()
-        self.masks[:, :, 0, :4] = ignore_index
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "name": f"sample_{i}"}
-
-
-def _loader(**kwargs) -> DataLoader:
-    return DataLoader(RandomSegmentation(**kwargs), batch_size=4)
-
-
-def _multilabel_loader(**kwargs) -> DataLoader:
-    return DataLoader(RandomMultilabelSegmentation(**kwargs), batch_size=4)
-
-
-def _tiny_network(num_classes: int = 3, mode: str = "multiclass"):
-    arch = functools.partial(smp.Unet, decoder_channels=(16, 8, 8))
-    return build_network(
-        arch, num_classes=num_classes, mode=mode, encoder_name="tu-test_resnet", encoder_depth=3
-    )
-
-
-def _make_module(loss: torch.nn.Module, num_classes: int = 3, mode: str = "multiclass", **kwargs):
-    torch.manual_seed(0)
-    options = {
-        "class_names": ["background", "Car", "Pedestrian"][:num_classes],
-        "ignore_index": 255,
-        "print_tables": "none",
-        **kwargs,
-    }
-    return SegmentationModule(
-        _tiny_network(num_classes, mode),
-        loss,
-        functools.partial(torch.optim.Adam, lr=1e-2),
-        num_classes=num_classes,
-        mode=mode,
-        **options,
-    )
-
-
-def _trainer(**kwargs) -> pl.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    return pl.Trainer(**{**options, **kwargs})
+    # `pytest -n 2` on 2 cores: one thread per worker (and per run it starts), not 2 x 2 contending ones
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
 def loader():
     """``loader(n=8, num_classes=3, size=32, ignore_index=255, seed=0)`` -> DataLoader of dict batches (4)."""
-    return _loader
+    from tests import tiny
+
+    return tiny.loader
 
 
 @pytest.fixture
 def multilabel_loader():
     """``multilabel_loader(n=8, num_labels=3, size=32, ignore_index=255, seed=0)`` -> DataLoader (batch 4) of
     3-channel images and (4, 3, 32, 32) multilabel masks."""
-    return _multilabel_loader
+    from tests import tiny
+
+    return tiny.multilabel_loader
 
 
 @pytest.fixture
 def tiny_network():
-    return _tiny_network
+    from tests import tiny
+
+    return tiny.tiny_network
 
 
 @pytest.fixture
 def make_module():
     """``make_module(loss, num_classes=3, mode="multiclass", **module_kwargs)`` -> SegmentationModule."""
-    return _make_module
+    from tests import tiny
+
+    return tiny.make_module
 
 
 @pytest.fixture
 def trainer():
     """``trainer(**kwargs)`` -> CPU Trainer without logger, checkpoints, progress bar, sanity check."""
-    return _trainer
+    from tests import tiny
+
+    return tiny.trainer
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first, the order otherwise unchanged: with ``-n 2`` pytest-xdist then hands out the
+    long end-to-end runs early, and the two workers finish together instead of one waiting for the other's
+    last long run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

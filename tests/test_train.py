@@ -28,6 +28,9 @@ from seglosses.combined import CombinedLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 from tests.overrides import SYNTHETIC_TINY
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))

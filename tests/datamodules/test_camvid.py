@@ -28,6 +28,7 @@ def test_split_sizes(camvid):
     assert [len(camvid.pairs(s)) for s in ("train", "val", "test")] == [367, 101, 233]
 
 
+@pytest.mark.slow
 def test_training_pixel_counts(camvid, tmp_path):
     stats = camvid.label_statistics(cache_dir=tmp_path)
     assert stats.num_images == 367

@@ -69,6 +69,7 @@ def _expected_contains(mask, crop, p, q) -> np.ndarray:
     return (1 - p) * random + p * focused
 
 
+@pytest.mark.slow
 def test_crop_class_frequencies_match_the_formula():
     mask = _test_mask()
     image = np.zeros((*mask.shape, 3), np.uint8)
@@ -201,6 +202,7 @@ def _batches(dm, epochs=2):
     return out
 
 
+@pytest.mark.slow
 def test_crops_are_deterministic_per_seed_and_worker(tmp_path):
     root = _folder_data(tmp_path / "data", n=8)
     focus = {"p": 0.5, "class_probs": [0, 1, 1]}
@@ -214,6 +216,7 @@ def test_crops_are_deterministic_per_seed_and_worker(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(runs[0], one, strict=True))
 
 
+@pytest.mark.slow
 def test_config_key_turns_it_on_in_the_folder_pipeline(tmp_path):
     root = _folder_data(tmp_path / "data")
     cfg = compose_config(["+datamodule=folder", f"datamodule.root={root}", "datamodule.num_classes=3",

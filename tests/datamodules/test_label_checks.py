@@ -138,6 +138,7 @@ def test_check_on_plain_statistics():
 
 
 # -- the shipped data sets pass -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_synthetic_default_passes(tmp_path):
     cfg = compose_config(["+datamodule=synthetic", "datamodule.progress=false"])
     dm = instantiate(cfg.datamodule)
@@ -145,6 +146,7 @@ def test_synthetic_default_passes(tmp_path):
     dm.check_label_statistics(dm.label_statistics(cache_dir=tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
 def test_camvid_passes(tmp_path):
     cfg = compose_config(

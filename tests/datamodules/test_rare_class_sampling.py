@@ -103,6 +103,7 @@ def test_class_probabilities_are_the_daformer_formula():
     assert held[3] == 0 and held.sum() == pytest.approx(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("temperature", "min_pixels"), [(0.3, 2), (0.05, 1)])
 def test_image_frequencies_match_the_formula(tmp_path, temperature, min_pixels):
     masks = _write(tmp_path / "data")
@@ -177,6 +178,7 @@ def test_loaders_under_a_process_group(tmp_path, monkeypatch):
     assert isinstance(dm.val_dataloader().sampler, UnpaddedDistributedSampler)
 
 
+@pytest.mark.slow
 def test_uniform_stays_the_default(tmp_path):
     _write(tmp_path / "data")
     dm = _dm(tmp_path / "data", tmp_path, sampling="uniform")

@@ -12,6 +12,9 @@ from omegaconf import OmegaConf
 
 from tests.datamodules.helpers import CONF_DIR, write_pair
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 
 def _pool(root: Path) -> Path:
     """Samples under pool/ only: the default train/images, train/masks folders do not exist."""

@@ -50,6 +50,7 @@ def test_batch_contract():
     assert dm.class_names == ["background", "disc", "square", "bar", "cross"]
 
 
+@pytest.mark.slow
 def test_imbalanced_with_rare_small_classes(tmp_path):
     stats = _dm(num_train=128).label_statistics(cache_dir=tmp_path)
     share = stats.frequencies

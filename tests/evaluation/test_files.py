@@ -95,6 +95,7 @@ def test_normalized_rows_sum_to_one_and_empty_rows_are_nan():
     assert np.isnan(stack[0, 1]).all() and stack[0, 0].tolist() == [0.5, 0.5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matrix", [
     torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]]),  # a class without pixels
     torch.tensor([[[5, 5], [0, 0]], [[1, 3], [2, 2]], [[0, 1], [1, 0]]]),  # multilabel

@@ -21,6 +21,9 @@ from omegaconf import OmegaConf
 from evaluation import sweeps
 from runs import summary
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["background", "disc", "square", "bar", "cross"]
 COUNTS = (900, 50, 30, 15, 5)  # training pixels: cross, bar, square are the rarest

@@ -6,6 +6,9 @@ from inference.checkpoints import CheckpointMismatchError, load_checkpoint_weigh
 from models.gamma_schedule import GammaScheduleCallback
 from seglosses.focal import FocalLoss
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def trained(make_module, trainer, loader, tmp_path):

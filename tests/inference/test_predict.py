@@ -211,6 +211,7 @@ def test_bad_call_arguments():
 # --- grid, importance map ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [1, 50, 64, 65, 100, 255, 256, 257, 1000])
 @pytest.mark.parametrize(("tile", "overlap"), [(64, 0.25), (64, 0.0), (64, 0.5), (32, 0.9), (8, 0.99)])
 def test_tile_starts(size, tile, overlap):
@@ -343,6 +344,7 @@ def test_auto_slides_only_when_the_image_exceeds_the_tile():
     assert InferenceConfig(mode="slide", tile=64).mode_for(8, 8) == "slide"
 
 
+@pytest.mark.slow
 def test_batch_size_and_batching_of_images_do_not_change_results():
     """Up to the float rounding of convolutions over batches of different sizes (~1e-6)."""
     net, x = small_unet(), image(3, 70, 90)
@@ -353,6 +355,7 @@ def test_batch_size_and_batching_of_images_do_not_change_results():
     torch.testing.assert_close(one_by_one, results[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_probabilities_sum_to_one_and_lie_in_unit_interval(mode):
     net, x = small_unet(num_classes=5), image(2, 45, 77) * 5

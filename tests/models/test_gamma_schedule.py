@@ -11,6 +11,9 @@ from seglosses.combined import CombinedLoss
 from seglosses.focal import CrossEntropyLoss, FocalLoss
 from seglosses.schedules import GammaSchedule
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 SCHEDULE = GammaSchedule(kind="linear", gamma_start=0.0, gamma_end=3.0, epochs=4)  # 0, 1, 2, 3
 
 

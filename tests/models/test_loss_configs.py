@@ -15,6 +15,9 @@ from seglosses.focal import CrossEntropyLoss, FocalLoss
 from seglosses.mining import OhemCrossEntropyLoss, TopKCrossEntropyLoss
 from seglosses.tversky import TverskyLoss
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 LOSS_CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
 OPTIONS = sorted(p.stem for p in LOSS_CONF.glob("*.yaml"))
 INTERFACE = [

@@ -52,6 +52,7 @@ def compose_model(option: str, **datamodule) -> nn.Module:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
 def test_each_model_option_instantiates_and_runs_at_64px(option):
     root = compose_model(option)

@@ -19,6 +19,9 @@ from runs.callbacks import EMAWeights, RunCheckpoint
 from runs.training import run
 from tests.test_train import _short_run, make_cfg, read_metrics
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 DECAY = 0.5  # large enough a step for 2 epochs of 2 steps to move the average away from the weights
 RECORDER = "+callbacks.recorder._target_=tests.runs.test_callback_presets.WeightRecorder"
 

@@ -15,6 +15,9 @@ from inference import load_for_inference
 from runs.exporting import ExportCheckError, export_network
 from tests.runs.inference_helpers import make_checkpoint
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

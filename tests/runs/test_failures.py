@@ -25,6 +25,9 @@ from runs.config_checks import check_train_batches
 from runs.training import print_summary, run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_TINY
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 

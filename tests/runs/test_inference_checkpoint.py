@@ -16,6 +16,9 @@ from tests.overrides import SMALL_UNET
 from tests.runs.inference_helpers import make_checkpoint
 from tests.test_train import make_cfg
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 
 def test_checkpoint_carries_what_inference_needs(tmp_path):
     path, _module = make_checkpoint(tmp_path)

@@ -25,6 +25,9 @@ from runs.training import run
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_ODD, SYNTHETIC_TINY
 from tests.runs.test_failures import make_cfg
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
 

@@ -35,6 +35,7 @@ def _png(path: Path, size: tuple[int, int] = (6, 4)) -> tuple[Path, np.ndarray]:
 # ---- without a run ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_logger_options_compose(tmp_path):
     assert list(make_cfg(tmp_path, "logger=mlflow").logger) == ["mlflow"]
     cfg = make_cfg(tmp_path, "logger=[default,mlflow]")
@@ -73,6 +74,7 @@ def test_class_names_mlflow_would_refuse_fail_before_training(tmp_path, names, m
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_class_names_with_spaces_and_parentheses_pass(tmp_path):
     check_mlflow_class_names(make_cfg(tmp_path, "logger=mlflow", CLASS_OVERRIDE))
     check_mlflow_class_names(make_cfg(tmp_path, "logger=mlflow"))  # the synthetic defaults

@@ -19,6 +19,9 @@ from inference import InferenceConfig, load_for_inference, predict_probabilities
 from runs.predicting import normalise, predict
 from tests.runs.inference_helpers import make_checkpoint, write_image
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

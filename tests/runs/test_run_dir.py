@@ -102,6 +102,7 @@ def test_a_sweep_directory_with_results_is_refused(tmp_path):
         check_sweep_directory(tmp_path)
 
 
+@pytest.mark.slow
 def test_run_without_the_command_line_checks_too(tmp_path):
     finished_run(tmp_path / "run")
     with pytest.raises(RunDirectoryInUse):

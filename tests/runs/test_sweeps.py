@@ -179,11 +179,13 @@ def _hydra_cfg(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
+@pytest.mark.slow
 def test_summary_callback_is_registered():
     cfg = _hydra_cfg()
     assert cfg.hydra.callbacks.sweep_summary._target_ == "runs.summary.SweepSummary"
 
 
+@pytest.mark.slow
 def test_optuna_preset_composes():
     cfg = _hydra_cfg("hparams_search=focal_optuna")
     sweeper = cfg.hydra.sweeper
@@ -195,6 +197,7 @@ def test_optuna_preset_composes():
         assert (CONF / "class_weights" / f"{option}.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_slurm_launcher_follows_the_trainer():
     cfg = _hydra_cfg("hydra/launcher=slurm", "trainer.devices=4", "+trainer.num_nodes=2",
                      "hydra.launcher.partition=gpu")
@@ -313,6 +316,7 @@ def test_rarest_classes_come_from_each_job(tmp_path):
     assert rows[1]["rare_mIoU"] == pytest.approx((0.5 / 2 + 0.5 / 4 + 0.5 / 3) / 3)
 
 
+@pytest.mark.slow
 def test_write_summary_numeric_and_categorical_sweeps(tmp_path, capsys):
     numeric = tmp_path / "numeric"
     for i, gamma in enumerate(("0", "0.5", "2")):
@@ -342,6 +346,7 @@ def test_swept_keys_declared_in_multirun_yaml(tmp_path):
     assert row["loss"] == "focal" and "loss.gamma" not in row
 
 
+@pytest.mark.slow
 def test_summary_callback_writes_once_and_not_in_ddp_children(tmp_path, monkeypatch):
     root = tmp_path / "sweep"
     _fake_job(root, 0, ["loss.gamma=1"], "ok", iou=0.5)
@@ -354,6 +359,7 @@ def test_summary_callback_writes_once_and_not_in_ddp_children(tmp_path, monkeypa
     assert (root / "summary.csv").is_file()
 
 
+@pytest.mark.slow
 def test_summary_cli(tmp_path, capsys):
     root = tmp_path / "sweep"
     _fake_job(root, 0, ["loss.gamma=1"], "ok", iou=0.5)
@@ -370,6 +376,7 @@ def test_summary_cli(tmp_path, capsys):
     assert summary.main([]) == 2 and "usage" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_summary_jobs_and_ranks_load_without_torch():
     # `python -m runs.summary`, the Hydra callback and the job status need no torch (nor seglosses, which
     # imports it): only runs.ranks looks at torch.distributed, and only where torch is loaded already.

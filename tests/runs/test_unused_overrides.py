@@ -32,6 +32,9 @@ from runs.unused_overrides import (
 from seglosses.tversky import TverskyLoss
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_ODD, SYNTHETIC_TINY
 
+# Builds runs from the configs, trains or predicts: the full suite, not the fast loop (docs/developing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))

@@ -287,6 +287,7 @@ def test_backward_twice_and_without_grad():
         torch.testing.assert_close(dice_loss(x, y, ignore_index=255, per_image=True), loss.detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("power", [1, 2])
 def test_chunked_backward_matches_single_chunk(monkeypatch, power):
     x, y, _ = make_case("multiclass", (5, 7), "255", seed=43)
