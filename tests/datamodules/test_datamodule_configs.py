@@ -99,7 +99,7 @@ OPTIONS = {
         SyntheticDataModule,
         {
             "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 16,
-            "eval_batch_size": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 0, "pin_memory": False, "persistent_workers": None,
             "drop_last": False, "stats_cache_dir": None, "progress": True, "num_classes": 5,
             "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
         },
@@ -109,7 +109,7 @@ OPTIONS = {
         FolderDataModule,
         {
             "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
-            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": None,
             "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 3,
             "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [256, 256],
         },
@@ -119,7 +119,7 @@ OPTIONS = {
         FolderDataModule,
         {
             "ignore_index": 11, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
-            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": None,
             "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 11,
             "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [352, 480],
         },
