@@ -25,16 +25,19 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from runs.console import quiet_third_party
-from runs.ddp import prepare_argv
 from runs.errors import one_line_errors
 from runs.jobs import run_job
-from runs.training import run
+from runs.ranks import prepare_argv
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, after Hydra's start-up checks (runs.unused_overrides, runs.run_dir): a refused run
+    # ends within a second or two instead of after importing torch and Lightning (about 10 s on 2 cores).
+    from runs.console import quiet_third_party
+    from runs.training import run
+
     quiet_third_party()  # Lightning's tips, deprecation notes of its dependencies (runs.console)
     # Timed, recorded in job_status.json; in a -m sweep a failing job returns None and the sweep goes on.
     return run_job(run, cfg)

@@ -41,7 +41,15 @@ from typing import Any, TypeVar
 import torch
 
 from runs.lightning_compat import LauncherDDPStrategy, ScriptLauncher
-from runs.ranks import CHILD_ENV, env_rank, external_world_size, is_ddp_child, is_global_zero
+from runs.ranks import (
+    CHILD_ENV,
+    CHILD_OVERRIDES,
+    external_world_size,
+    is_ddp_child,
+    is_global_zero,
+    override_key,
+    prepare_argv,
+)
 from seglosses.distributed import process_group_initialized
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,6 @@ _PARENT_ONLY = (
     "hydra/launcher", "hydra.launcher", "hydra/sweeper", "hydra.sweeper",
     "hydra/job_logging", "hydra.job_logging", "hydra/hydra_logging", "hydra.hydra_logging",
 )
-CHILD_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
 # Seconds a parent waits for its children after a successful job, and for a failed child's job to end.
 CHILD_EXIT_TIMEOUT_S = 120.0
 FAILED_CHILD_GRACE_S = 10.0
@@ -76,13 +83,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---- the child command ------------------------------------------------------------------------------------
 
 
-def _override_key(override: str) -> str:
-    """``loss.gamma`` of ``loss.gamma=2``, ``+a.b=1``, ``~a.b``, ``hydra/launcher=basic``."""
-    return override.lstrip("~+").split("=", 1)[0].strip()
-
-
 def _belongs_to_parent(override: str) -> bool:
-    key = _override_key(override)
+    key = override_key(override)
     return any(key == p or key.startswith(p + ".") or key.startswith(p + "/") for p in _PARENT_ONLY)
 
 
@@ -295,25 +297,3 @@ def ddp_job(function: F) -> F:
 
 
 # ---- external launchers -----------------------------------------------------------------------------------
-
-
-def prepare_argv(argv: list[str] | None = None) -> list[str]:
-    """Adjust ``sys.argv`` (in place; also returned) before ``hydra.main`` when torchrun/srun started this
-    process as one of several: the run (sweep) directory must be given, so that all processes use the same
-    one, and non-zero ranks write no ``.hydra/`` and no log files. Exits with a message without it."""
-    argv = sys.argv if argv is None else argv
-    world = external_world_size()
-    if world is None:
-        return argv
-    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    if not any(_override_key(a) == key for a in argv[1:]):
-        raise SystemExit(
-            f"error: started by torchrun/srun as one of {world} processes: every process would make its own "
-            f"timestamped directory; pass the same directory to all, e.g. {key}=outputs/ddp-$SLURM_JOB_ID "
-            f"(or a name of your choice)"
-        )
-    if env_rank() != 0:
-        present = {_override_key(a) for a in argv[1:]}
-        argv += [o for o in CHILD_OVERRIDES if _override_key(o) not in present]
-    return argv

@@ -1,5 +1,6 @@
 """Which process of a run this is, without importing torch: ``runs.summary`` (``python -m runs.summary``,
-the sweep callback) and ``runs.jobs`` load this module, not :mod:`runs.ddp`.
+the sweep callback), ``runs.jobs`` and ``train.py`` before Hydra starts (:func:`prepare_argv`) load this
+module, not :mod:`runs.ddp`.
 
 The rank comes from the launchers' environment variables (torchrun: ``RANK``; srun: ``SLURM_PROCID``;
 Lightning's and :class:`runs.ddp.HydraDDPStrategy`'s re-launch: ``NODE_RANK``/``LOCAL_RANK`` and
@@ -14,7 +15,16 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["CHILD_ENV", "env_rank", "external_world_size", "is_ddp_child", "is_global_zero"]
+__all__ = [
+    "CHILD_ENV",
+    "CHILD_OVERRIDES",
+    "env_rank",
+    "external_world_size",
+    "is_ddp_child",
+    "is_global_zero",
+    "override_key",
+    "prepare_argv",
+]
 
 # Set to "1" in the environment of the processes that HydraDDPStrategy re-launches.
 CHILD_ENV = "IMBALANCED_SEG_DDP_CHILD"
@@ -70,3 +80,34 @@ def external_world_size() -> int | None:
     if tasks > 1 and "SLURM_PROCID" in os.environ:
         return tasks
     return None
+
+
+# Hydra overrides of the processes that are not global rank 0: no .hydra/, no log files of their own.
+CHILD_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+
+
+def override_key(override: str) -> str:
+    """``loss.gamma`` of ``loss.gamma=2``, ``+a.b=1``, ``~a.b``, ``hydra/launcher=basic``."""
+    return override.lstrip("~+").split("=", 1)[0].strip()
+
+
+def prepare_argv(argv: list[str] | None = None) -> list[str]:
+    """Adjust ``sys.argv`` (in place; also returned) before ``hydra.main`` when torchrun/srun started this
+    process as one of several: the run (sweep) directory must be given, so that all processes use the same
+    one, and non-zero ranks write no ``.hydra/`` and no log files. Exits with a message without it."""
+    argv = sys.argv if argv is None else argv
+    world = external_world_size()
+    if world is None:
+        return argv
+    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if not any(override_key(a) == key for a in argv[1:]):
+        raise SystemExit(
+            f"error: started by torchrun/srun as one of {world} processes: every process would make its own "
+            f"timestamped directory; pass the same directory to all, e.g. {key}=outputs/ddp-$SLURM_JOB_ID "
+            f"(or a name of your choice)"
+        )
+    if env_rank() != 0:
+        present = {override_key(a) for a in argv[1:]}
+        argv += [o for o in CHILD_OVERRIDES if override_key(o) not in present]
+    return argv

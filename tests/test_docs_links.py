@@ -157,7 +157,7 @@ def test_readme_opens_with_the_two_commands():
     opening = (
         "# imbalanced-seg\n\n"
         '```bash\npip install -e ".[dev]" && python train.py loss=focal_dice\n```\n'
-        '```bash\npip install -e ".[dev]" && ruff check . && python -m pytest -q\n```\n'
+        '```bash\npip install -e ".[dev]" && ruff check . && python -m pytest -q -n 3\n```\n'
     )
     assert text.startswith(opening)
 

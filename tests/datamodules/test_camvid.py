@@ -24,6 +24,7 @@ def camvid():
     return instantiate(cfg.datamodule)
 
 
+@pytest.mark.slow
 def test_split_sizes(camvid):
     assert [len(camvid.pairs(s)) for s in ("train", "val", "test")] == [367, 101, 233]
 

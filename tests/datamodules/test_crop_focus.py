@@ -238,6 +238,7 @@ def test_config_key_turns_it_on_in_the_folder_pipeline(tmp_path):
     assert "RandomCrop" in [type(t).__name__ for t in off.train_transform.transforms]
 
 
+@pytest.mark.slow
 def test_bad_values_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"datamodule\.crop_focus\.p must be in \[0\.0, 1\.0\]"):
         check_crop_focus({"p": 1.5}, 3)

@@ -34,6 +34,7 @@ def test_pad_fill_follows_ignore_index():
     assert pad.fill_mask == 7
 
 
+@pytest.mark.slow
 def test_folder_root_is_required():
     from omegaconf.errors import MissingMandatoryValue
 
@@ -42,6 +43,7 @@ def test_folder_root_is_required():
         instantiate(cfg.datamodule)
 
 
+@pytest.mark.slow
 def test_camvid_preset(tmp_path):
     cfg = compose_config(["+datamodule=camvid", f"datamodule.root={tmp_path}"])
     assert cfg.datamodule.num_classes == 11 and cfg.datamodule.ignore_index == 11
@@ -53,12 +55,14 @@ def test_camvid_preset(tmp_path):
         assert isinstance(dm, FolderDataModule)
 
 
+@pytest.mark.slow
 def test_camvid_missing_root_says_which_override(tmp_path):
     cfg = compose_config(["+datamodule=camvid", f"datamodule.root={tmp_path / 'nope'}"])
     with pytest.raises(Exception, match=r"datamodule\.root=PATH"):
         instantiate(cfg.datamodule)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_class_weight_options(method):
     cfg = compose_config([f"+class_weights={method}"])
@@ -141,6 +145,7 @@ def test_options_merge_the_common_file_and_only_override_it(option):
     assert not copied, f"{option}.yaml repeats common/loader.yaml values {copied}: drop them"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_every_option_composes_and_instantiates_as_before(option, tmp_path):
     overrides, cls, expected = OPTIONS[option]

@@ -68,6 +68,7 @@ def _blocky(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(grey[..., None], 3, axis=2), mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_yaml_train_pipeline_keeps_alignment_and_integer_masks(tmp_path: Path, seed: int):
     image, mask = _blocky(48, 64)
@@ -99,6 +100,7 @@ def test_yaml_train_pipeline_keeps_alignment_and_integer_masks(tmp_path: Path, s
                 assert float(grey[sel].std()) < 0.02
 
 
+@pytest.mark.slow
 def test_eval_pad32_pads_with_ignore_index_and_normalises(tmp_path: Path):
     mask = _pattern(20, 24)
     write_pair(tmp_path, "train", "s", mask, image=_coord_image(20, 24))

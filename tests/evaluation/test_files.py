@@ -140,6 +140,7 @@ def test_per_image_csv_columns_counts_and_nan(tmp_path):
     assert float(rows[2]["mIoU"]) == pytest.approx(sum(ious) / 2)
 
 
+@pytest.mark.slow
 def test_evaluation_outputs_are_written_only_for_the_given_splits(tmp_path):
     preds, target = _random_batch(3)
     per_image = PerImageCounts.merge([(["x", "y", "z"], per_image_counts(preds, target, 3, IGNORE))], 3)
@@ -164,6 +165,7 @@ def _images_in_events(log_dir: Path) -> dict[str, list]:
     return images
 
 
+@pytest.mark.slow
 def test_log_figure_sends_the_png_to_tensorboard_even_after_the_logger_finished(tmp_path):
     plot_confusion(tmp_path / "c.png", torch.tensor([[3, 1], [0, 5]]), NAMES[:2], "val")
     logger = TensorBoardLogger(tmp_path, name="tb", version="")

@@ -30,6 +30,7 @@ def test_render_grid_layout_and_colours():
     assert tuple(grid[top + 8, pred_x + 8]) == (0, 128, 0)  # class 2
 
 
+@pytest.mark.slow
 def test_prediction_grid_is_saved_each_validation_epoch(make_module, trainer, loader, tmp_path):
     module = make_module(CrossEntropyLoss(ignore_index=255))
     callback = PredictionGridCallback(dirpath=str(tmp_path / "pred"), num_samples=3)

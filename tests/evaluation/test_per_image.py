@@ -195,6 +195,7 @@ def _brute_force(module, dataset: MixedSizes, multilabel: bool) -> tuple[list[st
     return [names[i] for i in order], np.stack(counts)[order]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
 def test_test_stage_keeps_per_image_counts_of_mixed_size_batches(mode, make_module, trainer, capsys):
     multilabel = mode == "multilabel"

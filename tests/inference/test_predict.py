@@ -243,6 +243,7 @@ def test_importance_vector(length):
 SIZES = [(8, 8), (13, 21), (64, 64), (70, 150), (150, 70), (40, 200)]  # smaller, odd, larger, tall, wide
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("h", "w"), SIZES)
 def test_whole_is_pad_forward_crop(h, w):
     net, x = small_unet(), image(2, h, w)
@@ -310,6 +311,7 @@ def test_constant_blend_is_exact_where_the_receptive_field_fits_every_covering_t
     torch.testing.assert_close(single, whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])
 def test_slide_equals_monai(blend):
     """Constant: MONAI's own. Gaussian: MONAI given our importance map (its default floors the 2-D map at
@@ -366,6 +368,7 @@ def test_probabilities_sum_to_one_and_lie_in_unit_interval(mode):
     assert sig.shape == (2, 3, 45, 77) and sig.min() >= 0 and sig.max() <= 1
 
 
+@pytest.mark.slow
 def test_network_state_and_result_tensor():
     net = small_unet.__wrapped__().train()  # a fresh one: the cached network stays in eval mode
     out = probs(net, image(1, 20, 20), mode="whole", multiple=8)
@@ -431,6 +434,7 @@ def test_tta_of_a_flip_equivariant_network_changes_nothing(tta):
                                rtol=0, atol=1e-6)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tta_with_a_real_unet():
     net, x = small_unet(), image(1, 50, 75)
     config = {"mode": "slide", "tile": 32, "multiple": 8}
@@ -499,6 +503,7 @@ def test_labels_from_probabilities():
         "sigmoid", "softmax", "sigmoid"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_binary_end_to_end():
     torch.manual_seed(0)
     net = build_network(functools.partial(smp.Unet, decoder_channels=[32, 16, 8]), num_classes=1,

@@ -32,6 +32,7 @@ LOSSES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_fast_dev_run_logs_losses_and_per_class_metrics(name, make_module, trainer, loader):
     module = make_module(LOSSES[name]())
@@ -72,6 +73,7 @@ def test_binary_mode_adapts_the_mask_and_scores_background_and_foreground(make_m
     assert module.predict_classes(logits).tolist() == [[[0, 1], [1, 0]]]
 
 
+@pytest.mark.slow
 def test_test_stage_prints_table_and_keeps_results(make_module, trainer, loader, capsys):
     module = make_module(nn.CrossEntropyLoss(ignore_index=255), print_tables="best_and_test")
     t = trainer()
@@ -86,6 +88,7 @@ def test_test_stage_prints_table_and_keeps_results(make_module, trainer, loader,
     assert results["mIoU"] == pytest.approx(float(t.callback_metrics["test/mIoU"]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_configure_optimizers_uses_partials(make_module):
     scheduler = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=3)
     module = make_module(nn.CrossEntropyLoss(), scheduler=scheduler, scheduler_interval="step")

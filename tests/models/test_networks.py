@@ -66,6 +66,7 @@ def test_each_model_option_instantiates_and_runs_at_64px(option):
     assert out.shape == (2, 4, 64, 64)
 
 
+@pytest.mark.slow
 def test_default_model_config_builds_binary_and_grayscale():
     root = compose_model("unet", mode="binary", num_classes=1, in_channels=1)
     assert root.model.encoder_name == "resnet18"
@@ -80,6 +81,7 @@ def test_unknown_encoder_is_a_value_error_naming_the_key():
         build_network(tiny_unet(), num_classes=3, encoder_name="resnet1", encoder_depth=3)
 
 
+@pytest.mark.slow
 def test_failed_weight_download_says_what_to_do(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Name or service not known (huggingface.co)")
@@ -154,6 +156,7 @@ def test_init_head_prior_needs_a_matching_conv():
         init_head_prior(nn.Sequential(nn.Conv2d(3, 4, 1)), "multiclass", 3, [1, 1, 1])
 
 
+@pytest.mark.slow
 def test_no_download_attempted_by_default(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("download attempted")

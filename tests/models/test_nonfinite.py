@@ -50,6 +50,7 @@ def test_nan_in_sanity_check_fails_too(make_module, trainer, loader):
         trainer(max_epochs=1, num_sanity_val_steps=1).fit(module, loader(), loader(seed=1))
 
 
+@pytest.mark.slow
 def test_finite_evaluation_passes_and_resets_per_epoch(make_module, trainer, loader):
     module = make_module(CrossEntropyLoss(mode="multiclass", ignore_index=255))
     t = trainer(max_epochs=2, limit_train_batches=1)

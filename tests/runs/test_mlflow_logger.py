@@ -48,6 +48,7 @@ def test_logger_options_compose(tmp_path):
     assert server.logger.mlflow.tracking_uri == "http://mlflow.example:5000"
 
 
+@pytest.mark.slow
 def test_missing_mlflow_names_the_extra(tmp_path, monkeypatch):
     """Lightning's own error only says `pip install -U 'mlflow>=1.0.0'`: the project's extra is named."""
     from lightning_utilities.core.imports import RequirementCache
@@ -59,6 +60,7 @@ def test_missing_mlflow_names_the_extra(tmp_path, monkeypatch):
         build_loggers(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("names", "message"),
     [

@@ -408,6 +408,7 @@ def test_monai_published_values(name, kwargs, input, target, expected):
     torch.testing.assert_close(got, _t(expected), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [False, True])
 @pytest.mark.parametrize("include_background", [True, False])
 @pytest.mark.parametrize("power", [1, 2])

@@ -229,6 +229,7 @@ def test_binary_empty_target_penalises_false_positives():
                                torch.tensor([0.3, 0.1], dtype=torch.float64))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "kwargs"),
     [
