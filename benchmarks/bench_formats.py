@@ -4,7 +4,7 @@ the measurement behind the ``channels_last`` default of each ``conf/model/<arch>
 Usage::
 
     python benchmarks/bench_formats.py [--models unet fpn deeplabv3plus segformer] [--batch-size 8]
-                                       [--size 176 240] [--classes 12] [--steps 4] [--rounds 2]
+                                       [--size 192 256] [--classes 12] [--steps 4] [--rounds 2]
 
 One process; for every model option (the network exactly as ``model=<arch>`` builds it, random weights),
 one AdamW step of the project's default loss (``loss=focal_dice``) on an in-memory (B, 3, H, W) batch,
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["unet", "fpn", "deeplabv3plus", "segformer"])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, nargs=2, default=[176, 240])
+    parser.add_argument("--size", type=int, nargs=2, default=[192, 256])
     parser.add_argument("--classes", type=int, default=12)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)

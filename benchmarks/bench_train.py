@@ -82,9 +82,10 @@ class StepClock(pl.Callback):
         self.start = now
 
 
-def config(preset: str, overrides: list[str], out: Path):
+def config(preset: str, overrides: list[str], out: Path, steps: int):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*PRESETS[preset], *QUIET, f"paths.output_dir={out}", *overrides])
+        return compose("train", overrides=[*PRESETS[preset], *QUIET, f"paths.output_dir={out}",
+                                           f"trainer.max_steps={steps}", *overrides])
 
 
 WAITING: list[float] = []  # share of the step time "ours (defaults)" waited for its batches, per round
@@ -98,7 +99,6 @@ def ours(cfg, steps: int) -> Callable[[], float]:
         clock = StepClock()
         trainer = build_trainer(cfg)
         trainer.callbacks.append(clock)
-        trainer.fit_loop.max_steps = steps
         trainer.fit(module, datamodule=datamodule)
         WAITING.append(clock.waiting / clock.seconds)
         return clock.steps * datamodule.batch_size / clock.seconds
@@ -192,7 +192,6 @@ def ours_in_memory(cfg, steps: int, batches: list) -> Callable[[], float]:
         clock = StepClock()
         trainer = build_trainer(cfg)
         trainer.callbacks.append(clock)
-        trainer.fit_loop.max_steps = steps
         trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
         return clock.steps * datamodule.batch_size / clock.seconds
 
@@ -209,16 +208,25 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    cfg = config(args.preset, args.override, tmp / "run")
+    cfg = config(args.preset, args.override, tmp / "run", args.steps)
     memory_dm = build(cfg.datamodule, "datamodule")
     batches = list(itertools.islice(_loader(memory_dm), args.steps))
-    cases: dict[str, Callable[[], float]] = {
-        "ours (defaults)": ours(cfg, args.steps),
-        "plain loop, fp32": plain(cfg, args.steps, same_settings=False),
-        "tutorial Lightning (smp losses, fp32)": tutorial(cfg, args.steps, tmp / "tutorial"),
-        "in memory: ours (module + Trainer)": ours_in_memory(cfg, args.steps, batches),
-        "in memory: plain loop, same settings": plain(cfg, args.steps, same_settings=True, batches=batches),
+    with contextlib.redirect_stdout(sys.stderr):  # the label-statistics tables of each build
+        cases = _cases(cfg, args.steps, batches, tmp)
+    _report(args, cfg, memory_dm.batch_size, cases)
+
+
+def _cases(cfg, steps: int, batches: list, tmp: Path) -> dict[str, Callable[[], float]]:
+    return {
+        "ours (defaults)": ours(cfg, steps),
+        "plain loop, fp32": plain(cfg, steps, same_settings=False),
+        "tutorial Lightning (smp losses, fp32)": tutorial(cfg, steps, tmp / "tutorial"),
+        "in memory: ours (module + Trainer)": ours_in_memory(cfg, steps, batches),
+        "in memory: plain loop, same settings": plain(cfg, steps, same_settings=True, batches=batches),
     }
+
+
+def _report(args: argparse.Namespace, cfg, batch_size: int, cases: dict[str, Callable[[], float]]) -> None:
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):
         for name, run in cases.items():
@@ -227,7 +235,7 @@ def main() -> None:
     precision, _ = resolve_precision(cfg.trainer.precision, str(cfg.trainer.accelerator))
     lines = [
         f"### {args.preset}: {datetime.date.today()}, {platform.machine()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}, batch {memory_dm.batch_size}, ours: precision {precision}, "
+        f"threads, torch {torch.__version__}, batch {batch_size}, ours: precision {precision}, "
         f"channels_last {bool(cfg.model.channels_last)}; {args.rounds} rounds x {args.steps} steps",
         "",
         "| case | images/s (median) | rounds | vs plain fp32 |",

@@ -159,6 +159,8 @@ def test_every_option_composes_and_instantiates_as_before(option, tmp_path):
     for key, value in expected.items():
         if key == "eval_batch_size":
             value = expected["batch_size"]  # null: batch_size
+        if key == "persistent_workers":
+            value = expected["num_workers"] > 0  # null: whenever there are workers
         assert getattr(dm, key) == value, key
     # the pipelines normalise with the option's mean/std and pad masks with its ignore_index
     normalize, pad = cfg.datamodule.eval_transform.transforms

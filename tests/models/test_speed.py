@@ -73,8 +73,7 @@ def test_trainer_cpu_preset_resolves_auto(tmp_path):
     from runs.build import build_trainer
     from tests.test_train import make_cfg
 
-    cfg = make_cfg(tmp_path, "trainer=cpu")
-    assert cfg.trainer.precision == "auto"
+    cfg = make_cfg(tmp_path, "trainer=cpu", "trainer.precision=auto")
     assert build_trainer(cfg).precision == ("bf16-mixed" if NATIVE_BF16 else "32-true")
     fp32 = make_cfg(tmp_path, "trainer=cpu", "trainer.precision=32-true")
     assert build_trainer(fp32).precision == "32-true"
@@ -135,6 +134,7 @@ def test_channels_last_state_dict_loads_into_a_contiguous_network():
                                                   strict=True))
 
 
+@pytest.mark.slow  # imports torch._dynamo: 2 s
 def test_compile_option_compiles_the_forward_in_place_keeping_the_keys():
     compiled = _network(compile=True)
     assert compiled._compiled_call_impl is not None  # nn.Module.compile(): not run here (minutes on a CPU)
