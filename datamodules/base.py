@@ -85,7 +85,8 @@ class SegDataModule(pl.LightningDataModule):
         eval_batch_size: validation/test batch size (None: ``batch_size``).
         num_workers: DataLoader workers (also used by the statistics pass).
         pin_memory: DataLoader ``pin_memory``.
-        persistent_workers: keep workers between epochs (only with ``num_workers > 0``).
+        persistent_workers: keep the workers between epochs (``None``: whenever ``num_workers > 0``; false
+            starts them anew for every epoch and every validation, seconds each on small data).
         drop_last: drop the last incomplete training batch.
         train_transform: albumentations pipeline for training (image and mask together).
         eval_transform: pipeline for validation/test (normalise, pad to a multiple of 32).
@@ -119,7 +120,7 @@ class SegDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
-        persistent_workers: bool = False,
+        persistent_workers: bool | None = None,
         drop_last: bool = False,
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
@@ -159,7 +160,7 @@ class SegDataModule(pl.LightningDataModule):
         self.mode = mode
         self.in_channels = in_channels
         self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
+        self.persistent_workers = self.num_workers > 0 if persistent_workers is None else persistent_workers
         self.drop_last = drop_last
         self.train_transform = train_transform
         self.eval_transform = eval_transform

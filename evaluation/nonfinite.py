@@ -1,5 +1,7 @@
-"""The guard against NaN/inf evaluation losses: :class:`NonFiniteGuard` tracks each validation/test batch's
-loss on the device and fails the epoch at its end with FloatingPointError naming stage, epoch and batch."""
+"""The guard against NaN/inf losses: :class:`NonFiniteGuard` tracks each batch's loss on the device (no host
+sync per step) and fails with FloatingPointError naming stage, epoch and batch when it is read: evaluation
+stages at their epoch end, training every few steps and before anything uses the weights (validation, a
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,16 @@ from torch import Tensor
 
 __all__ = ["NonFiniteGuard"]
 
-STAGE_NAMES = {"val": "validation", "test": "test"}
+STAGE_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 class NonFiniteGuard:
-    """First non-finite loss of the running epoch per evaluation stage, tracked without a device sync per
-    batch (:meth:`track`), read once at the epoch end (:meth:`check`).
+    """First non-finite loss per stage since the last read, tracked without a device sync per batch
+    (:meth:`track`), read by :meth:`check`.
 
-    Raising at the epoch end, before the checkpoint callback's ``on_validation_end``, keeps weights whose
-    scores are meaningless from being saved as the best checkpoint.
+    Raising at the evaluation epoch end, before the checkpoint callback's ``on_validation_end``, keeps
+    weights whose scores are meaningless from being saved as the best checkpoint; the training record is
+    read before validation and before every checkpoint for the same reason.
     """
 
     def __init__(self) -> None:
@@ -55,8 +58,8 @@ class NonFiniteGuard:
         state["count"].add_(bad.long())
 
     def check(self, stage: str, trainer: Any = None) -> None:
-        """Raise FloatingPointError when a ``stage`` loss of the epoch was NaN/inf (on any DDP process of
-        ``trainer``); the record is cleared either way.
+        """Raise FloatingPointError when a ``stage`` loss since the last check was NaN/inf (on any DDP
+        process of ``trainer``); the record is cleared either way.
 
         One device sync per epoch (the ``.item()``), plus one collective under DDP so that every process
         raises (a process that raised alone would leave the others waiting in the next collective).
@@ -70,14 +73,15 @@ class NonFiniteGuard:
         if not anywhere:
             return
         name = STAGE_NAMES[stage]
-        if trainer is not None and trainer.sanity_checking:
+        if trainer is not None and trainer.sanity_checking and stage != "train":
             name += " (sanity check)"
         epoch = trainer.current_epoch if trainer is not None and trainer.state.fn == "fit" else None
         where = "" if epoch is None else f" at epoch {epoch}"
         if count > 0:
             assert state is not None
             value, batch = float(state["value"].item()), int(state["batch"].item())
-            what = f"{name} loss is {value}{where}, batch {batch} ({count} non-finite batches in this epoch)"
+            since = "since the last check" if stage == "train" else "in this epoch"
+            what = f"{name} loss is {value}{where}, batch {batch} ({count} non-finite batches {since})"
         else:
             what = f"{name} loss is not finite{where} on another DDP process"
         raise FloatingPointError(

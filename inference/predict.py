@@ -66,6 +66,7 @@ from inference.tiles import (
     tile_grid,
     tile_weights,
 )
+from models.speed import is_channels_last
 from seglosses.checks import check_choice, check_number
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, MULTILABEL_MODE, check_mode
 
@@ -101,7 +102,8 @@ def _check_inputs(config: InferenceConfig, image: Tensor, activation: str) -> No
 def forward_tiles(network: nn.Module, image: Tensor, boxes: list[TileBox], grid: TileGrid,
                   flip_dims: tuple[int, ...], activation: str, pad_mode: str, multiple: int) -> Tensor:
     """One pass of one batch of tiles (nnU-Net's ``_internal_maybe_mirror_and_predict``): the tiles of
-    ``image`` at ``boxes`` (their valid part), moved to the network's device and parameter dtype, flipped
+    ``image`` at ``boxes`` (their valid part), moved to the network's device, parameter dtype and memory
+    format (channels_last when the weights are), flipped
     along ``flip_dims``, padded bottom/right to the tile (``pad_mode``), through the network, the
     ``activation`` in float32, cropped back to the valid part. Returns (k, K, valid_h, valid_w)
     probabilities in the flipped frame (flip them back to add them)."""
@@ -111,6 +113,8 @@ def forward_tiles(network: nn.Module, image: Tensor, boxes: list[TileBox], grid:
     x = torch.stack([image[box.image, :, box.top : box.top + valid_h, box.left : box.left + valid_w]
                      for box in boxes])
     x = x.to(device=device, dtype=dtype)
+    if is_channels_last(network):
+        x = x.contiguous(memory_format=torch.channels_last)
     if flip_dims:
         x = x.flip(flip_dims)
     if pad_h or pad_w:

@@ -1,6 +1,7 @@
 """What :class:`models.SegmentationModule` checks about its inputs, with errors that say what was expected:
 a batch (:func:`unpack_batch`), the network's output (:func:`check_logits`) and the class names
-(:func:`class_names_for`)."""
+(:func:`class_names_for`); and the two mode rules of its steps: logits to classes (:func:`predicted_classes`),
+masks to loss targets (:func:`loss_target`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from seglosses.modes import BINARY_MODE, MULTILABEL_MODE
 
-__all__ = ["check_logits", "class_names_for", "unpack_batch"]
+__all__ = ["check_logits", "class_names_for", "loss_target", "predicted_classes", "unpack_batch"]
 
 
 def _describe(value: object) -> str:
@@ -81,3 +82,23 @@ def class_names_for(names: Sequence[str] | None, num_classes: int, mode: str) ->
     if len(set(names)) != len(names):
         raise ValueError(f"class_names must be unique (they name the metric keys), got {names}")
     return names
+
+
+def predicted_classes(logits: Tensor, mode: str) -> Tensor:
+    """(B, num_classes, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0);
+    multilabel: (B, C, H, W) int64, 1 where the label's logit > 0 (sigmoid > 0.5)."""
+    if mode == BINARY_MODE:
+        return (logits[:, 0] > 0).long()
+    if mode == MULTILABEL_MODE:
+        return (logits > 0).long()
+    return logits.argmax(dim=1)
+
+
+def loss_target(mask: Tensor, mode: str) -> Tensor:
+    """The mask in the form the losses expect: multiclass (B, H, W) int64; binary (B, 1, H, W) float;
+    multilabel (B, C, H, W) float. Ignored elements keep the value ``ignore_index``."""
+    if mode == BINARY_MODE:
+        return mask.unsqueeze(1).float()
+    if mode == MULTILABEL_MODE:
+        return mask.float()
+    return mask

@@ -16,9 +16,10 @@ from evaluation.nonfinite import NonFiniteGuard
 from evaluation.per_image import PerImageCounts, PerImageRecorder, batch_names, per_image_counts
 from evaluation.reporting import EvaluationReport
 from evaluation.tables import summarize
-from models.batches import check_logits, class_names_for, unpack_batch
-from seglosses.checks import check_choice, check_ignore_index
-from seglosses.modes import BINARY_MODE, MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
+from models.batches import check_logits, class_names_for, loss_target, predicted_classes, unpack_batch
+from models.speed import is_channels_last
+from seglosses.checks import check_choice, check_ignore_index, check_int
+from seglosses.modes import MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
 
 __all__ = ["INFERENCE_KEY", "SegmentationModule"]
 
@@ -56,8 +57,9 @@ class SegmentationModule(pl.LightningModule):
     int64 (B, H, W) class ids (multilabel: (B, C, H, W) {0, 1}) with ``ignore_index`` intact, optionally
     ``"name"`` (B image names: the rows of ``per_image``).
 
-    A non-finite loss fails the run with FloatingPointError naming stage, epoch and batch: in training at
-    the step, in validation/test at the end of the epoch (:class:`evaluation.nonfinite.NonFiniteGuard`).
+    A non-finite loss fails the run with FloatingPointError naming stage, epoch and batch (tracked on the
+    device by :class:`evaluation.nonfinite.NonFiniteGuard`): in training within ``finite_check_every_n_steps``
+    steps and before any validation or checkpoint of those weights, in validation/test at the epoch end.
 
     Attributes:
         results: ``{"val": ..., "test": ...}``, the latest :func:`evaluation.tables.summarize` of each stage
@@ -85,6 +87,7 @@ class SegmentationModule(pl.LightningModule):
         test_predictor: Callable[[nn.Module, Tensor], Tensor] | None = None,
         worst_images: int = 5,
         rare_classes: Sequence[str] | None = None,
+        finite_check_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         check_num_classes(check_mode(mode), num_classes)
@@ -106,6 +109,9 @@ class SegmentationModule(pl.LightningModule):
         self.per_image: dict[str, PerImageCounts] = {}
         self.image_counts = PerImageRecorder(self.metric_classes)  # this process's test images of the epoch
         self.nonfinite = NonFiniteGuard()
+        self.finite_check_every_n_steps = check_int(finite_check_every_n_steps, "finite_check_every_n_steps",
+                                                    minimum=1)
+        self.channels_last = is_channels_last(network)  # inputs follow the weights' memory format
         # epoch of the last checkpoint Lightning loaded into this module (fit resume, validate/test)
         self.loaded_checkpoint_epoch: int | None = None
         hparams = {"num_classes": num_classes, "class_names": list(self.class_names),
@@ -113,35 +119,23 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters(hparams, logger=False)
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.network(images)
 
     def predict_classes(self, logits: Tensor) -> Tensor:
-        """(B, num_classes, H, W) logits -> (B, H, W) int64 class ids (binary: foreground where logit > 0);
-        multilabel: (B, C, H, W) int64, 1 where the label's logit > 0 (sigmoid > 0.5)."""
-        if self.mode == BINARY_MODE:
-            return (logits[:, 0] > 0).long()
-        if self.mode == MULTILABEL_MODE:
-            return (logits > 0).long()
-        return logits.argmax(dim=1)
+        """Logits -> class ids (:func:`models.batches.predicted_classes`)."""
+        return predicted_classes(logits, self.mode)
 
     def loss_target(self, mask: Tensor) -> Tensor:
-        """The mask in the form ``loss`` expects: multiclass (B, H, W) int64; binary (B, 1, H, W) float;
-        multilabel (B, C, H, W) float. Ignored elements keep the value ``ignore_index``."""
-        if self.mode == BINARY_MODE:
-            return mask.unsqueeze(1).float()
-        if self.mode == MULTILABEL_MODE:
-            return mask.float()
-        return mask
+        """The mask as ``loss`` expects it (:func:`models.batches.loss_target`)."""
+        return loss_target(mask, self.mode)
 
     # ---- steps -------------------------------------------------------------------------------------------
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
-                "lower the learning rate, check the loss options and the data (NaN/inf in the images?)"
-            )
+        self.nonfinite.track("train", loss, batch_idx)  # read every few steps: no host sync per step
         # Step value for the progress bar only; loggers get the epoch mean "train/loss".
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
@@ -183,7 +177,18 @@ class SegmentationModule(pl.LightningModule):
 
     # ---- epoch ends --------------------------------------------------------------------------------------
 
+    def on_train_epoch_start(self) -> None:
+        self.nonfinite.reset("train")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.finite_check_every_n_steps == 0:
+            self.nonfinite.check("train", self.trainer)
+
+    def on_train_epoch_end(self) -> None:
+        self.nonfinite.check("train", self.trainer)
+
     def on_validation_epoch_start(self) -> None:
+        self.nonfinite.check("train", self.trainer)  # no validation, and so no checkpoint, of NaN weights
         self.nonfinite.reset("val")  # left over by an epoch that was interrupted
 
     def on_test_epoch_start(self) -> None:
@@ -235,6 +240,8 @@ class SegmentationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "train" in self.nonfinite.tracking:  # no file of weights trained on a NaN/inf loss
+            self.nonfinite.check("train", self.trainer)
         if self.inference_info is not None:
             checkpoint[INFERENCE_KEY] = self.inference_info
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from models.speed import to_channels_last
 from seglosses.checks import check_int
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_num_classes, output_channels
 
@@ -133,6 +134,8 @@ def build_network(
     prior_init: bool = False,
     prior: float | Sequence[float] | None = None,
     class_frequencies: Sequence[float] | Tensor | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> nn.Module:
     r"""Build ``arch(encoder_name, encoder_depth, encoder_weights, in_channels, classes)`` for ``mode``.
 
@@ -152,6 +155,11 @@ def build_network(
             takes precedence over ``class_frequencies``.
         class_frequencies: per-class pixel frequencies measured on the training labels (passed by the
             training script); used by ``prior_init`` when ``prior`` is ``None``.
+        channels_last: store the weights channels_last (NHWC; faster convolutions on CPUs and tensor-core
+            GPUs for most architectures: ``benchmarks/bench_formats.py``); the inputs are converted where
+            they enter. The state dict and the exported models do not change.
+        compile: compile the forward pass with ``torch.compile`` (``nn.Module.compile``: the state dict
+            keeps its keys). The first steps then take a while.
 
     Shape:
         input (N, in_channels, H, W) -> output (N, num_classes, H, W).
@@ -193,4 +201,8 @@ def build_network(
                 "the training script pass class_frequencies from the label statistics"
             )
         init_head_prior(network, mode, num_classes, frequencies)
+    if channels_last:
+        to_channels_last(network)
+    if compile:
+        network.compile()
     return network

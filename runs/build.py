@@ -25,6 +25,7 @@ from datamodules import LabelStatistics, SegDataModule, compute_class_weights
 from evaluation.rare import rarest
 from inference import InferenceConfig, predictor_for
 from models import size_multiple
+from models.speed import resolve_precision
 from runs.checkpoint_io import AtomicCheckpointIO
 from runs.checkpoint_metadata import inference_info
 from runs.config_checks import check_loss_class_values, probe_loss
@@ -214,14 +215,18 @@ def build_lightning_module(cfg: DictConfig, datamodule: SegDataModule) -> pl.Lig
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """The trainer of ``cfg`` with its callbacks and loggers (which get the resolved config as
-    hyperparameters), checkpoints written atomically (:class:`runs.checkpoint_io.AtomicCheckpointIO`) and
-    Ctrl+C/SIGTERM turned into a clean stop (:class:`runs.graceful_stop.GracefulStop`)."""
+    hyperparameters), ``precision: auto`` resolved (:func:`models.speed.resolve_precision`), checkpoints
+    written atomically (:class:`runs.checkpoint_io.AtomicCheckpointIO`) and Ctrl+C/SIGTERM turned into a
+    clean stop (:class:`runs.graceful_stop.GracefulStop`)."""
     loggers = build_loggers(cfg)
     callbacks = [*build_callbacks(cfg, bool(loggers)), GracefulStop()]
+    precision, note = resolve_precision(cfg.trainer.get("precision"), str(cfg.trainer.get("accelerator")))
+    if note is not None and is_global_zero():
+        log.info(note)
     # +trainer.plugins=... of the user replace ours (Lightning takes one checkpoint IO plugin)
     plugins = {} if cfg.trainer.get("plugins") is not None else {"plugins": [AtomicCheckpointIO()]}
     trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **plugins
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, precision=precision, **plugins
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

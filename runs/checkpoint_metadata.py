@@ -19,9 +19,10 @@ __all__ = ["inference_info"]
 def inference_info(cfg: DictConfig, datamodule: SegDataModule, network: torch.nn.Module,
                    class_names: Sequence[str]) -> InferenceInfo:
     """What the checkpoints of this run carry for :func:`inference.load_for_inference`: the network config
-    (weights from the checkpoint: no download, no prior init), labels, colours, normalisation, crop."""
+    (weights from the checkpoint: no download, no prior init, no compiling), labels, colours,
+    normalisation, crop."""
     network_config = OmegaConf.to_container(cfg.model, resolve=True)
-    network_config.update(encoder_weights=None, prior_init=False, prior=None)
+    network_config.update(encoder_weights=None, prior_init=False, prior=None, compile=False)
     colors = default_class_colors(datamodule.mode, datamodule.num_classes)
     if datamodule.class_colors is not None:  # binary: the foreground's, on the default background
         colors = colors[: len(class_names) - len(datamodule.class_colors)] + datamodule.class_colors

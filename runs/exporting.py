@@ -199,6 +199,7 @@ def export(cfg: DictConfig) -> ExportResult:
     :func:`export_network` into ``cfg.output``."""
     check_choice(cfg.format, "format", FORMATS)
     network, info = load_for_inference(cfg.ckpt_path)
+    network = network.to(memory_format=torch.contiguous_format)  # exported as trained, whatever the format
     return export_network(
         network,
         info,

@@ -47,6 +47,7 @@ from inference import (
     load_for_inference,
     predict_probabilities,
 )
+from models.speed import INFERENCE_PRECISIONS, autocast_dtype, resolve_precision
 from runs.build import build_inference
 from safeio import atomic_path, write_json
 from seglosses.checks import check_bool, check_choice, check_number
@@ -191,6 +192,7 @@ def check_predict_config(cfg: DictConfig) -> None:
     """The keys of ``conf/predict.yaml`` that are not checked where they are used, named when wrong."""
     check_choice(cfg.on_error, "on_error", ON_ERROR)
     check_bool(cfg.overwrite, "overwrite")
+    check_choice(str(cfg.precision), "precision", INFERENCE_PRECISIONS)
     check_number(cfg.threshold, "threshold", minimum=0)
     if cfg.threshold > 1:
         raise ValueError(f"threshold must be in [0, 1] (a probability), got {cfg.threshold!r}")
@@ -219,6 +221,10 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     _check_output(output, bool(cfg.overwrite))
     device = resolve_device(str(cfg.device))
     network, info = load_for_inference(cfg.ckpt_path, map_location=device)
+    precision, note = resolve_precision(str(cfg.precision), device.type)
+    if note is not None:
+        log.info(note)
+    dtype = autocast_dtype(precision)
     inference = build_inference(cfg.inference, info.size_multiple, info.crop_size)
     listing = list_inputs(cfg.input, exclude=output)  # never what this run (or an earlier one) wrote
     summary = PredictionSummary(output=str(output), ignored_files=len(listing.ignored))
@@ -230,16 +236,18 @@ def predict(cfg: DictConfig) -> PredictionSummary:
             listing.ignored[0],
         )
     log.info(
-        "predicting %d images with %s (%s, %d classes) on %s: %s",
+        "predicting %d images with %s (%s, %d classes) on %s, precision %s: %s",
         len(listing.images),
         cfg.ckpt_path,
         info.mode,
         info.num_classes,
         device,
+        precision,
         inference,
     )
     start = time.perf_counter()
-    with _progress(bool(cfg.progress)) as bar:
+    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    with _progress(bool(cfg.progress)) as bar, autocast:
         task = bar.add_task("predict", total=len(listing.images), name="")
         for item in listing.images:
             bar.update(task, name=str(item.relative))

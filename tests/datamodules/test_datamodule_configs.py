@@ -103,7 +103,7 @@ OPTIONS = {
         SyntheticDataModule,
         {
             "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 16,
-            "eval_batch_size": None, "num_workers": 0, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 0, "pin_memory": False, "persistent_workers": None,
             "drop_last": False, "stats_cache_dir": None, "progress": True, "num_classes": 5,
             "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
         },
@@ -113,7 +113,7 @@ OPTIONS = {
         FolderDataModule,
         {
             "ignore_index": 255, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
-            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": None,
             "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 3,
             "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [256, 256],
         },
@@ -123,7 +123,7 @@ OPTIONS = {
         FolderDataModule,
         {
             "ignore_index": 11, "mode": "multiclass", "in_channels": 3, "seed": 0, "batch_size": 8,
-            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": False,
+            "eval_batch_size": None, "num_workers": 2, "pin_memory": False, "persistent_workers": None,
             "drop_last": True, "stats_cache_dir": None, "progress": True, "num_classes": 11,
             "mean": IMAGENET[0], "std": IMAGENET[1], "crop_size": [352, 480],
         },
@@ -159,6 +159,8 @@ def test_every_option_composes_and_instantiates_as_before(option, tmp_path):
     for key, value in expected.items():
         if key == "eval_batch_size":
             value = expected["batch_size"]  # null: batch_size
+        if key == "persistent_workers":
+            value = expected["num_workers"] > 0  # null: whenever there are workers
         assert getattr(dm, key) == value, key
     # the pipelines normalise with the option's mean/std and pad masks with its ignore_index
     normalize, pad = cfg.datamodule.eval_transform.transforms

@@ -114,12 +114,13 @@ def test_bad_batches_are_clear_errors(make_module):
         module.training_step({"image": image, "mask": mask}, 0)
 
 
-def test_non_finite_loss_stops_training(make_module):
+def test_non_finite_training_loss_is_tracked_on_the_device_and_read_by_the_check(make_module):
     module = make_module(lambda logits, target: logits.sum() * float("nan"))
     module.log = lambda *args, **kwargs: None  # not attached to a trainer
     batch = {"image": torch.randn(1, 3, 32, 32), "mask": torch.zeros(1, 32, 32, dtype=torch.long)}
-    with pytest.raises(FloatingPointError, match="training loss is nan"):
-        module.training_step(batch, 0)
+    module.training_step(batch, 3)  # no host sync in the step
+    with pytest.raises(FloatingPointError, match=r"training loss is nan, batch 3 \(1 non-finite batches"):
+        module.nonfinite.check("train")
 
 
 @pytest.mark.parametrize(

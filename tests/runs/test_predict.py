@@ -335,3 +335,16 @@ def test_multilabel_masks_use_the_flag_colours_of_the_grids(tmp_path):
     mask = Image.open(tmp_path / "out" / "masks" / "a.png")
     assert np.asarray(mask).min() == 7
     assert mask.getpalette()[3 * 7: 3 * 8] == flag_palette(3)[7].tolist()
+
+
+def test_precision_is_checked_and_bf16_gives_the_float32_masks(checkpoint, images, tmp_path):
+    """``precision`` (auto as in training) is one of the listed values; bf16 autocast predicts what float32
+    predicts up to pixels near a decision boundary (the probabilities are accumulated in float32)."""
+    with pytest.raises(ValueError, match=r"precision must be one of \('auto', '32-true'"):
+        predict(predict_cfg(checkpoint, images, tmp_path / "bad", "precision=fp8"))
+    predict(predict_cfg(checkpoint, images, tmp_path / "fp32", "precision=32-true"))
+    predict(predict_cfg(checkpoint, images, tmp_path / "bf16", "precision=bf16-mixed"))
+    for mask in sorted((tmp_path / "fp32" / "masks").glob("*.png")):
+        a = np.asarray(Image.open(mask))
+        b = np.asarray(Image.open(tmp_path / "bf16" / "masks" / mask.name))
+        assert a.shape == b.shape and (a == b).mean() > 0.95
