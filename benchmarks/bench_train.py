@@ -91,7 +91,8 @@ def config(preset: str, overrides: list[str], out: Path, steps: int):
 WAITING: list[float] = []  # share of the step time "ours (defaults)" waited for its batches, per round
 
 
-def ours(cfg, steps: int) -> Callable[[], float]:
+def ours(cfg, steps: int, batches: list | None = None) -> Callable[[], float]:
+    """Our module under our Trainer: with the preset's datamodule, or on the in-memory ``batches``."""
     datamodule = build(cfg.datamodule, "datamodule")
     module = build_lightning_module(cfg, datamodule)
 
@@ -99,8 +100,11 @@ def ours(cfg, steps: int) -> Callable[[], float]:
         clock = StepClock()
         trainer = build_trainer(cfg)
         trainer.callbacks.append(clock)
-        trainer.fit(module, datamodule=datamodule)
-        WAITING.append(clock.waiting / clock.seconds)
+        if batches is None:
+            trainer.fit(module, datamodule=datamodule)
+            WAITING.append(clock.waiting / clock.seconds)
+        else:
+            trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
         return clock.steps * datamodule.batch_size / clock.seconds
 
     return run
@@ -184,20 +188,6 @@ def tutorial(cfg, steps: int, out: Path) -> Callable[[], float]:
     return run
 
 
-def ours_in_memory(cfg, steps: int, batches: list) -> Callable[[], float]:
-    datamodule = build(cfg.datamodule, "datamodule")
-    module = build_lightning_module(cfg, datamodule)
-
-    def run() -> float:
-        clock = StepClock()
-        trainer = build_trainer(cfg)
-        trainer.callbacks.append(clock)
-        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-        return clock.steps * datamodule.batch_size / clock.seconds
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -221,7 +211,7 @@ def _cases(cfg, steps: int, batches: list, tmp: Path) -> dict[str, Callable[[], 
         "ours (defaults)": ours(cfg, steps),
         "plain loop, fp32": plain(cfg, steps, same_settings=False),
         "tutorial Lightning (smp losses, fp32)": tutorial(cfg, steps, tmp / "tutorial"),
-        "in memory: ours (module + Trainer)": ours_in_memory(cfg, steps, batches),
+        "in memory: ours (module + Trainer)": ours(cfg, steps, batches),
         "in memory: plain loop, same settings": plain(cfg, steps, same_settings=True, batches=batches),
     }
 

@@ -26,6 +26,19 @@ def prefixed(error: BaseException, key: str, hint: str = "") -> BaseException:
         return error
 
 
+def refuse_cleanly(refusal: type[Exception], check: Callable[..., None], *args: Any) -> None:
+    """Run ``check(*args)`` inside a Hydra callback: a ``refusal`` it raises ends the process with
+    ``Error: <message>`` and exit status 1 (Hydra would print a traceback for an exception raised in a
+    callback); with ``HYDRA_FULL_ERROR=1`` it propagates."""
+    try:
+        check(*args)
+    except refusal as e:
+        if os.environ.get(FULL_ERROR_ENV) == "1":
+            raise
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def one_line_errors(main: F) -> F:
     """Decorate a Hydra main function: an exception it raises is printed as ``Error: <type>: <message>``
     on stderr and the process exits with status 1; with ``HYDRA_FULL_ERROR=1`` it propagates (traceback)."""

@@ -20,15 +20,13 @@ Hydra writes into the directory; :func:`check_run_directory` is the same check f
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from runs.errors import FULL_ERROR_ENV
+from runs.errors import refuse_cleanly
 from runs.ranks import CHILD_ENV, external_world_size, is_ddp_child
 
 __all__ = [
@@ -119,12 +117,12 @@ class RunDirectoryGuard(Callback):
                 config.hydra.run.dir = str(target)
             print(f"{directory} holds a training run: this evaluation writes into\n{target}", flush=True)
             return
-        _refuse_cleanly(check_run_directory, directory, train, ckpt_path)
+        refuse_cleanly(RunDirectoryInUse, check_run_directory, directory, train, ckpt_path)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_ddp_child():
             return
-        _refuse_cleanly(check_sweep_directory, Path(str(config.hydra.sweep.dir)))
+        refuse_cleanly(RunDirectoryInUse, check_sweep_directory, Path(str(config.hydra.sweep.dir)))
 
 
 def check_sweep_directory(sweep_dir: Path) -> None:
@@ -139,13 +137,3 @@ def check_sweep_directory(sweep_dir: Path) -> None:
         )
 
 
-def _refuse_cleanly(check: Callable[..., None], *args: Any) -> None:
-    """Run ``check``; its refusal ends the process with the message and exit status 1 (Hydra would print
-    a traceback for an exception raised in a callback)."""
-    try:
-        check(*args)
-    except RunDirectoryInUse as e:
-        if os.environ.get(FULL_ERROR_ENV) == "1":
-            raise
-        print(f"Error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None

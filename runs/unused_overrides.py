@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import re
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +51,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runs.errors import FULL_ERROR_ENV
+from runs.errors import refuse_cleanly
 from runs.ranks import is_ddp_child
 
 __all__ = [
@@ -403,27 +401,16 @@ def check_sweep(config: DictConfig) -> None:
 # ---- the Hydra callback -----------------------------------------------------------------------------------
 
 
-def _refuse_cleanly(check: Any, *args: Any) -> None:
-    """Run ``check``; a refusal ends the process with ``Error: <message>`` and exit status 1 (Hydra would
-    print a traceback for an exception raised in a callback); ``HYDRA_FULL_ERROR=1`` raises it."""
-    try:
-        check(*args)
-    except UnusedOverride as e:
-        if os.environ.get(FULL_ERROR_ENV) == "1":
-            raise
-        print(f"Error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-
-
 class UnusedOverrideGuard(Callback):
     """Hydra callback: refuse a run or a sweep with an override that nothing uses, before Hydra writes
     anything (see the module's docstring)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra = config.hydra
-        _refuse_cleanly(check_overrides, config, list(hydra.overrides.task), hydra.runtime.choices)
+        overrides, choices = list(hydra.overrides.task), hydra.runtime.choices
+        refuse_cleanly(UnusedOverride, check_overrides, config, overrides, choices)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_ddp_child():
             return
-        _refuse_cleanly(check_sweep, config)
+        refuse_cleanly(UnusedOverride, check_sweep, config)
