@@ -6,6 +6,9 @@ modules themselves (this package imports nothing, so that ``evaluation.sweeps`` 
   (DDP-synced) metrics the LightningModule updates; ``metric_logs``
 - ``evaluation.per_image``: per-image pixel counts, :class:`PerImageCounts`, the recorder that gathers them
   over DDP processes
+- ``evaluation.objects``, ``evaluation.boundaries``, ``evaluation.topology``: spatial metrics of one
+  image's class masks (objects found, Boundary IoU/HD95/ASSD/NSD, clDice) as summable per-image records;
+  ``evaluation.masks``: what they share
 - ``evaluation.nonfinite``: the guard that fails an evaluation epoch with a NaN/inf loss
 - ``evaluation.tables``: the per-class table, the worst images, the one-line epoch summary, ``summarize``
 - ``evaluation.reporting``: what is printed when (``module.print_tables``)
