@@ -75,6 +75,9 @@ class BoundaryOptions:
         object.__setattr__(self, "tolerance", float(tolerance))
 
 
+_DEFAULT_OPTIONS = BoundaryOptions()
+
+
 @dataclass(frozen=True)
 class BoundaryScores:
     """The boundary metrics of one class in one image (module docstring for the definitions and the
@@ -168,7 +171,7 @@ def boundary_scores(pred: Any, target: Any, valid: Any = None,
     """The :class:`BoundaryScores` of one class in one image: ``pred``, ``target`` boolean (H, W) masks,
     ``valid`` an optional boolean (H, W) mask of the scored pixels (the rest is background in both),
     ``options`` a :class:`BoundaryOptions` (default: band 2 % of the diagonal, NSD tolerance 2 px)."""
-    options = options or BoundaryOptions()
+    options = options or _DEFAULT_OPTIONS
     p, t = binary_pair(pred, target, valid)
     width = boundary_width(t.shape, options.dilation_ratio)
     diagonal = image_diagonal(t.shape)

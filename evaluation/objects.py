@@ -121,6 +121,8 @@ class ObjectCounts:
         return cls(*ints, dice_sum=float(values[-1]))
 
 
+_DEFAULT_OPTIONS = ObjectOptions()
+
 #: The fields of :class:`ObjectCounts`, the last dimension of :meth:`ObjectCounts.to_array`.
 OBJECT_FIELDS = tuple(f.name for f in fields(ObjectCounts))
 
@@ -207,7 +209,7 @@ def object_counts(pred: Any, target: Any, valid: Any = None,
     ``valid`` an optional boolean (H, W) mask of the scored pixels (the rest is removed from both masks
     before labelling), ``options`` an :class:`ObjectOptions` (default: IoU >= 0.5, 8-connectivity, COCO
     size buckets). Matching rules in the module docstring."""
-    options = options or ObjectOptions()
+    options = options or _DEFAULT_OPTIONS
     p, t = binary_pair(pred, target, valid)
     gt, pr = _components(t, options.connectivity), _components(p, options.connectivity)
     detected, matched, dice = _match(gt, pr, options.iou)
