@@ -1,17 +1,11 @@
 """Calibration primitives (evaluation.calibration): the class-wise and top-label ECE histogram, temperature
-scaling and the logit sample it is fitted on, and their DDP merges."""
+scaling and the logit sample it is fitted on (their DDP merges: test_calibration_ddp.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
@@ -22,7 +16,6 @@ from evaluation.calibration import (
     apply_temperature,
     fit_temperature,
 )
-from evaluation.thresholds import ThresholdHistogram
 
 IGNORE = 255
 
@@ -326,63 +319,3 @@ def test_temperature_fitted_on_a_sample_of_batches():
     logits, t = sample.gathered()
     assert logits.shape == (4000, 4)
     assert float(fit_temperature(logits, t, "multiclass")) == pytest.approx(2.0, rel=0.1)
-
-
-# ---- DDP: two gloo processes, each half of the data ------------------------------------------------------
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        logits, target = _multiclass(70, shape=(4, 3, 8, 8))
-        mine = slice(2 * rank, 2 * rank + 2)
-        hist = CalibrationHistogram(3, "multiclass", ignore_index=IGNORE)
-        hist.update(logits[mine], target[mine])
-        thresholds = ThresholdHistogram(3, "multilabel", steps=10)
-        flags = (target[mine].unsqueeze(1) == torch.arange(3).view(1, 3, 1, 1)).long()
-        thresholds.update(logits[mine], flags)
-        sample = LogitSample(3, "multiclass", max_pixels=50, seed=5, ignore_index=IGNORE)
-        sample.update(logits[mine], target[mine])
-        sampled, sampled_target = sample.gathered()
-        result = {"calibration": hist.synced().state.tolist(),
-                  "thresholds": thresholds.synced().state.tolist(),
-                  "sample": sampled.tolist(), "sample_target": sampled_target.tolist()}
-        Path(f"{out}.{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_ddp_merges_equal_the_single_process_results(tmp_path):
-    out = str(tmp_path / "rank")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
-    logits, target = _multiclass(70, shape=(4, 3, 8, 8))
-    hist = CalibrationHistogram(3, "multiclass", ignore_index=IGNORE)
-    hist.update(logits, target)
-    thresholds = ThresholdHistogram(3, "multilabel", steps=10)
-    thresholds.update(logits, (target.unsqueeze(1) == torch.arange(3).view(1, 3, 1, 1)).long())
-    # the sample of the two ranks: each rank's own key stream, then the smallest keys of both
-    parts = [LogitSample(3, "multiclass", max_pixels=50, seed=5, ignore_index=IGNORE, rank=r) for r in (0, 1)]
-    for r, part in enumerate(parts):
-        part.update(logits[2 * r:2 * r + 2], target[2 * r:2 * r + 2])
-    parts[0].merge(parts[1])
-    sampled, sampled_target = parts[0].gathered()
-    for r in ranks:
-        torch.testing.assert_close(torch.tensor(r["calibration"], dtype=torch.float64), hist.state)
-        assert torch.equal(torch.tensor(r["thresholds"]), thresholds.state)
-        assert torch.equal(torch.tensor(r["sample"]), sampled)
-        assert torch.equal(torch.tensor(r["sample_target"]), sampled_target)
-    local = CalibrationHistogram(3, "multiclass", ignore_index=IGNORE)
-    local.update(logits[:2], target[:2])
-    assert not torch.equal(local.state, hist.state)  # without the sum each rank's state differs
