@@ -9,6 +9,11 @@ modules themselves (this package imports nothing, so that ``evaluation.sweeps`` 
 - ``evaluation.objects``, ``evaluation.boundaries``, ``evaluation.topology``: spatial metrics of one
   image's class masks (objects found, Boundary IoU/HD95/ASSD/NSD, clDice) as summable per-image records;
   ``evaluation.masks``: what they share
+- ``evaluation.pixels``: logits and targets of every mode as one row per pixel; DDP sums and gathers
+- ``evaluation.calibration``: class-wise and top-label ECE histograms, reliability diagrams, temperature
+  scaling (``fit_temperature``, ``apply_temperature``, the ``LogitSample`` it is fitted on)
+- ``evaluation.thresholds``: Dice-optimal per-label thresholds (grid histogram, exact search), the rule
+  ``apply_threshold``
 - ``evaluation.nonfinite``: the guard that fails an evaluation epoch with a NaN/inf loss
 - ``evaluation.tables``: the per-class table, the worst images, the one-line epoch summary, ``summarize``
 - ``evaluation.reporting``: what is printed when (``module.print_tables``)
