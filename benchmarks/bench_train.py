@@ -14,12 +14,14 @@ every case alike; the table gives images/s from the median round. Same network (
 (1) With the preset's data pipeline (``datamodule`` train loader, augmentation, workers):
 
 - ``ours (defaults)``: the preset's config as ``python train.py`` builds it (``runs.build``: module,
-  Trainer with our callbacks, precision ``auto``, the model's ``channels_last``), validation off;
+  Trainer with our callbacks, the trainer's precision, the model's ``channels_last``, ``datamodule.cache``),
+  validation off; ``ours, cache=none``: the same, reading every sample from disk (or generating it);
 - ``plain loop, fp32``: a PyTorch loop as a user would write it: ``zero_grad``, forward, loss,
-  ``backward``, ``step`` over the same DataLoader, float32, contiguous, the same loss module;
+  ``backward``, ``step`` over the same pipeline reading from disk (``cache=none``, as a plain Dataset
+  does), float32, contiguous, the same loss module;
 - ``tutorial Lightning``: a minimal LightningModule around smp's network with smp's ``DiceLoss`` +
   ``FocalLoss`` (the usual tutorial set-up), ``Trainer(precision="32-true")`` with Lightning's default
-  callbacks.
+  callbacks, the same loader reading from disk.
 
 (2) Trainer overhead, on in-memory batches (decoded once, so data loading is not measured):
 ``ours (module + Trainer)`` against ``plain loop, same settings`` (same network, loss, optimizer,
@@ -89,9 +91,10 @@ def config(preset: str, overrides: list[str], out: Path, steps: int):
 
 
 WAITING: list[float] = []  # share of the step time "ours (defaults)" waited for its batches, per round
+WAITING_DISK: list[float] = []  # the same for "ours, cache=none"
 
 
-def ours(cfg, steps: int, batches: list | None = None) -> Callable[[], float]:
+def ours(cfg, steps: int, batches: list | None = None, waiting: list[float] = WAITING) -> Callable[[], float]:
     """Our module under our Trainer: with the preset's datamodule, or on the in-memory ``batches``."""
     datamodule = build(cfg.datamodule, "datamodule")
     module = build_lightning_module(cfg, datamodule)
@@ -102,7 +105,7 @@ def ours(cfg, steps: int, batches: list | None = None) -> Callable[[], float]:
         trainer.callbacks.append(clock)
         if batches is None:
             trainer.fit(module, datamodule=datamodule)
-            WAITING.append(clock.waiting / clock.seconds)
+            waiting.append(clock.waiting / clock.seconds)
         else:
             trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
         return clock.steps * datamodule.batch_size / clock.seconds
@@ -156,11 +159,11 @@ def _loader(datamodule) -> DataLoader:
 
 
 class TutorialModule(pl.LightningModule):
-    def __init__(self, network: torch.nn.Module, lr: float) -> None:
+    def __init__(self, network: torch.nn.Module, lr: float, ignore_index: int | None) -> None:
         super().__init__()
         self.network, self.lr = network, lr
-        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=255)
-        self.focal = smp.losses.FocalLoss("multiclass", ignore_index=255)
+        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore_index)
+        self.focal = smp.losses.FocalLoss("multiclass", ignore_index=ignore_index)
 
     def training_step(self, batch, batch_idx):
         logits = self.network(batch["image"])
@@ -175,7 +178,7 @@ class TutorialModule(pl.LightningModule):
 def tutorial(cfg, steps: int, out: Path) -> Callable[[], float]:
     datamodule = build(cfg.datamodule, "datamodule")
     network = build_lightning_module(cfg, datamodule).network.to(memory_format=torch.contiguous_format)
-    module = TutorialModule(network, float(cfg.optimizer.lr))
+    module = TutorialModule(network, float(cfg.optimizer.lr), datamodule.ignore_index)
 
     def run() -> float:
         clock = StepClock()
@@ -199,18 +202,20 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     cfg = config(args.preset, args.override, tmp / "run", args.steps)
+    disk = config(args.preset, [*args.override, "datamodule.cache=none"], tmp / "run", args.steps)
     memory_dm = build(cfg.datamodule, "datamodule")
     batches = list(itertools.islice(_loader(memory_dm), args.steps))
     with contextlib.redirect_stdout(sys.stderr):  # the label-statistics tables of each build
-        cases = _cases(cfg, args.steps, batches, tmp)
+        cases = _cases(cfg, disk, args.steps, batches, tmp)
     _report(args, cfg, memory_dm.batch_size, cases)
 
 
-def _cases(cfg, steps: int, batches: list, tmp: Path) -> dict[str, Callable[[], float]]:
+def _cases(cfg, disk, steps: int, batches: list, tmp: Path) -> dict[str, Callable[[], float]]:
     return {
         "ours (defaults)": ours(cfg, steps),
-        "plain loop, fp32": plain(cfg, steps, same_settings=False),
-        "tutorial Lightning (smp losses, fp32)": tutorial(cfg, steps, tmp / "tutorial"),
+        "ours, cache=none": ours(disk, steps, waiting=WAITING_DISK),
+        "plain loop, fp32": plain(disk, steps, same_settings=False),
+        "tutorial Lightning (smp losses, fp32)": tutorial(disk, steps, tmp / "tutorial"),
         "in memory: ours (module + Trainer)": ours(cfg, steps, batches),
         "in memory: plain loop, same settings": plain(cfg, steps, same_settings=True, batches=batches),
     }
@@ -238,8 +243,9 @@ def _report(args: argparse.Namespace, cfg, batch_size: int, cases: dict[str, Cal
     overhead = 1 - (statistics.median(rates["in memory: ours (module + Trainer)"])
                     / statistics.median(rates["in memory: plain loop, same settings"]))
     lines.append(f"\nTrainer overhead on in-memory batches: {100 * overhead:+.1f} % (target <= 3 %); "
-                 f"ours (defaults) waited for its batches {100 * statistics.median(WAITING):.1f} % of the "
-                 "step time\n")
+                 f"waiting for batches, share of the step time: ours (defaults) "
+                 f"{100 * statistics.median(WAITING):.1f} %, ours with cache=none "
+                 f"{100 * statistics.median(WAITING_DISK):.1f} %\n")
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

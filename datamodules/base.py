@@ -22,6 +22,7 @@ from .crops import ClassFocusedCrop, check_crop_focus, install_focused_crop, inv
 from .dataset import SegmentationDataset, Transform
 from .labels import LabelSpec
 from .preflight import PreflightReport, SplitPlan, run_preflight
+from .ram_cache import CacheOptions, cache_split
 from .samplers import SAMPLINGS, RareClassSampler, UnpaddedDistributedSampler
 from .statistics import (
     DEFAULT_MAX_IGNORED_SHARE,
@@ -105,6 +106,9 @@ class SegDataModule(pl.LightningDataModule):
         crop_focus: ``{p, class_probs}``: with probability ``p`` a training crop is centred on a pixel of
             a class drawn with ``class_probs`` (None: inverse training-label frequency); replaces the
             RandomCrop step of ``train_transform`` (:mod:`datamodules.crops`). None or ``p: 0``: off.
+        cache: ``"auto"`` | ``"ram"`` | ``"none"``: keep the decoded (and pre-resized) samples of each split
+            in shared memory instead of reading them every epoch (:mod:`datamodules.ram_cache`).
+        cache_max_gb: the most one split's cache may take (GiB; also at most half the available memory).
     """
 
     def __init__(
@@ -135,6 +139,8 @@ class SegDataModule(pl.LightningDataModule):
         rcs_temperature: float = 0.01,
         rcs_min_pixels: int = 3,
         crop_focus: Mapping[str, Any] | None = None,
+        cache: str = "auto",
+        cache_max_gb: float = 4.0,
     ) -> None:
         super().__init__()
         self.labels = LabelSpec(mode, num_classes, ignore_index)
@@ -172,9 +178,8 @@ class SegDataModule(pl.LightningDataModule):
         self.allow_absent_classes = check_bool(allow_absent_classes, "datamodule.allow_absent_classes")
         self.max_ignored_share = check_max_ignored_share(max_ignored_share)
         self.sampling = check_choice(sampling, "datamodule.sampling", SAMPLINGS)
-        self.rcs_temperature = float(
-            check_number(rcs_temperature, "datamodule.rcs_temperature", greater_than=0)
-        )
+        self.rcs_temperature = float(check_number(rcs_temperature, "datamodule.rcs_temperature",
+                                                  greater_than=0))
         self.rcs_min_pixels = check_int(rcs_min_pixels, "datamodule.rcs_min_pixels", minimum=1)
         if self.sampling == "rcs" and num_classes < 2:
             raise ValueError(
@@ -192,6 +197,7 @@ class SegDataModule(pl.LightningDataModule):
             self.focused_crop = install_focused_crop(
                 train_transform, self.crop_focus.p, self.labels, self.crop_focus.class_probs
             )
+        self.cache = CacheOptions(cache, cache_max_gb)
         self.datasets: dict[str, SegmentationDataset] = {}
         for t in (train_transform, eval_transform):
             if hasattr(t, "set_random_seed"):
@@ -217,7 +223,10 @@ class SegDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> SegmentationDataset:
         """The data set of ``split``, built on first use."""
         if split not in self.datasets:
-            self.datasets[split] = self.make_dataset(split)
+            dataset = self.make_dataset(split)
+            cache_split(dataset, split, self.cache, num_workers=self.num_workers, progress=self.progress,
+                        seed=self.seed)
+            self.datasets[split] = dataset
             if split == "train" and self.focused_crop is not None and self.focused_crop.class_probs is None:
                 self.focused_crop.set_class_probs(self.crop_class_probabilities())
         return self.datasets[split]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .io import read_image, read_mask
+from .io import image_size, read_image, read_mask
 from .labels import LabelSpec
 from .pairing import SamplePair
 
@@ -36,6 +36,7 @@ class SegmentationDataset(Dataset):
         self.in_channels = in_channels
         self.transform = transform
         self._allowed = labels.allowed_values()
+        self.decoded: Any = None  # a datamodules.ram_cache.DecodedSamples once cached
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -44,10 +45,22 @@ class SegmentationDataset(Dataset):
         """Return uint8 image (H, W, in_channels), validated mask (H, W) and the sample name."""
         raise NotImplementedError
 
+    def stored_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of sample ``index`` as :meth:`load` returns it (subclasses answer without decoding)."""
+        return self.load(index)[1].shape[:2]
+
+    def use_decoded(self, decoded: Any, transform: Transform | None) -> None:
+        """Read samples from ``decoded`` (:class:`~datamodules.ram_cache.DecodedSamples`, which ran the
+        pipeline's fixed first steps) and apply ``transform``, the rest of the pipeline."""
+        if len(decoded) != len(self):
+            raise ValueError(f"{len(decoded)} cached samples for a data set of {len(self)}")
+        self.decoded = decoded
+        self.transform = transform
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)} samples")
-        image, mask, name = self.load(index)
+        image, mask, name = self.load(index) if self.decoded is None else self.decoded.get(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -102,6 +115,10 @@ class FolderDataset(SegmentationDataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def stored_size(self, index: int) -> tuple[int, int]:
+        w, h = image_size(self.pairs[index].image)
+        return h, w
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         pair = self.pairs[index]

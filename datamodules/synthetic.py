@@ -148,6 +148,9 @@ class SyntheticDataset(SegmentationDataset):
     def __len__(self) -> int:
         return self.length
 
+    def stored_size(self, index: int) -> tuple[int, int]:
+        return self.image_size
+
     def generate(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
         return render_sample(rng, *self.image_size, self.labels.num_classes)

@@ -5,7 +5,9 @@ their averaged weights (:class:`EMAWeights`)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,13 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from runs.lightning_compat import (
     drop_average_model,
+    last_checkpoint_saved,
     last_global_step_saved,
-    save_last_checkpoint,
     should_save_on_train_epoch_end,
     should_skip_saving_checkpoint,
 )
+from safeio import atomic_path
+from seglosses.checks import check_bool, check_number
 
 __all__ = ["EMAWeights", "RunCheckpoint"]
 
@@ -40,28 +44,92 @@ class RunCheckpoint(ModelCheckpoint):
     (resuming another run's ``last.ckpt`` into a new directory); one found in neither place is dropped
     with a warning, and the best is then chosen among the epochs trained from now on.
 
-    ``last.ckpt`` (``save_last=True``) is written at every checkpointing point (every validation, or every
-    training epoch when checkpointing on train epoch end). Since pytorch_lightning 2.6 ``ModelCheckpoint``
-    writes it only when a top-k checkpoint was saved at the same step, so in epochs that do not improve the
-    monitored score ``last.ckpt`` kept an older epoch and a resume repeated the epochs after it.
+    ``last.ckpt`` (``save_last=True``) is kept by this class, not by Lightning (which since 2.6 writes it
+    only when a top-k checkpoint was saved at the same step, so a resume repeated the epochs since the last
+    improvement). At a checkpointing point (a validation, or a training epoch end when checkpointing there):
+
+    - when this point saved a top-k checkpoint, ``last.ckpt`` becomes a hard link to that file (the same
+      bytes: no second write of tens of MB; a full write where the file system has no hard links);
+    - otherwise it is written when ``last_every_seconds`` have passed since the previous write (0: always),
+      at the run's final point (``max_epochs``/``max_steps`` reached, or a callback stopped the run), and
+      at the first point of the fit.
+
+    So a resume after a crash repeats at most ``last_every_seconds`` of training plus the epoch in
+    progress; Ctrl+C/SIGTERM write ``last.ckpt`` anyway (:mod:`runs.graceful_stop`). Every write and link
+    is atomic. Under DDP rank 0 decides and writes.
+
+    Args:
+        save_last: keep ``last.ckpt`` (true or false).
+        last_every_seconds: least seconds between two full writes of ``last.ckpt`` (>= 0).
+        *args, **kwargs: :class:`~pytorch_lightning.callbacks.ModelCheckpoint` arguments.
     """
 
+    def __init__(self, *args: Any, save_last: bool = False, last_every_seconds: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, save_last=False, **kwargs)
+        self.keep_last = check_bool(save_last, "callbacks.model_checkpoint.save_last")
+        self.last_every_seconds = float(
+            check_number(last_every_seconds, "callbacks.model_checkpoint.last_every_seconds", minimum=0)
+        )
+        self._last_written: float | None = None  # time.monotonic() of this fit's latest last.ckpt
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any,
+                           **kwargs: Any) -> None:
+        before = last_global_step_saved(self)
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if last_global_step_saved(self) != before:  # every_n_train_steps / train_time_interval saved
+            self._update_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.keep_last and not last_checkpoint_saved(self) and self._last_written is None:
+            # nothing saved in this fit (fast_dev_run): as ModelCheckpoint, last.ckpt of the end state
+            self.last_model_path = str(self.last_path())
+            trainer.save_checkpoint(self.last_path())
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        skip = should_skip_saving_checkpoint(self, trainer)
         super().on_train_epoch_end(trainer, pl_module)
-        if should_save_on_train_epoch_end(self, trainer):
-            self._save_last_if_missed(trainer)
+        if not skip and should_save_on_train_epoch_end(self, trainer):
+            self._update_last(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        skip = should_skip_saving_checkpoint(self, trainer)
         super().on_validation_end(trainer, pl_module)
-        if not should_save_on_train_epoch_end(self, trainer):
-            self._save_last_if_missed(trainer)
+        if not skip and not should_save_on_train_epoch_end(self, trainer):
+            self._update_last(trainer)
 
-    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
-        """``last.ckpt`` of this step when the parent saved nothing at it (no top-k improvement)."""
-        if self.save_last is not True or should_skip_saving_checkpoint(self, trainer):
+    def last_path(self) -> Path:
+        """``<dirpath>/last.ckpt``."""
+        return Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    def _update_last(self, trainer: pl.Trainer) -> None:
+        if not self.keep_last:
             return
-        if last_global_step_saved(self) != trainer.global_step:
-            save_last_checkpoint(self, trainer)
+        path = self.last_path()
+        saved_now = last_global_step_saved(self) == trainer.global_step and last_checkpoint_saved(self)
+        if saved_now and "://" not in str(path):
+            self.last_model_path = str(path)
+            if trainer.is_global_zero:
+                _link_or_copy(Path(last_checkpoint_saved(self)), path)
+            trainer.strategy.barrier("RunCheckpoint.last")
+        elif trainer.strategy.broadcast(self._due(trainer), src=0):
+            self.last_model_path = str(path)  # before saving: part of the saved state
+            trainer.save_checkpoint(path)
+        else:
+            return
+        self._last_written = time.monotonic()
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        """Whether ``last.ckpt`` is written in full at this point (see the class docstring)."""
+        if self._last_written is None or time.monotonic() - self._last_written >= self.last_every_seconds:
+            return True
+        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+        return bool(
+            trainer.should_stop
+            or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
+            or (max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs - 1)
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
@@ -114,6 +182,15 @@ class RunCheckpoint(ModelCheckpoint):
             state["kth_best_model_path"], state["kth_value"] = "", self.kth_value
         state["best_model_path"] = best
         super().load_state_dict(state)
+
+
+def _link_or_copy(source: Path, path: Path) -> None:
+    """``path`` as a hard link to ``source`` (a copy where hard links fail), replaced atomically."""
+    with atomic_path(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
 
 
 class EMAWeights(EMAWeightAveraging):

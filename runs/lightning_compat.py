@@ -28,10 +28,10 @@ __all__ = [
     "LauncherDDPStrategy",
     "ScriptLauncher",
     "drop_average_model",
+    "last_checkpoint_saved",
     "last_global_step_saved",
     "logger_experiment",
     "logger_filesystem",
-    "save_last_checkpoint",
     "set_logger_experiment",
     "should_save_on_train_epoch_end",
     "should_skip_saving_checkpoint",
@@ -45,8 +45,6 @@ CHECKED_WITH = ("2.6.0", "2.6.6")
 PRIVATE_MEMBERS: tuple[tuple[type, str], ...] = (
     (ModelCheckpoint, "_should_save_on_train_epoch_end"),
     (ModelCheckpoint, "_should_skip_saving_checkpoint"),
-    (ModelCheckpoint, "_save_last_checkpoint"),
-    (ModelCheckpoint, "_monitor_candidates"),
     (EMAWeightAveraging, "setup"),  # sets _average_model (instance attribute: checked on an instance)
     (ExperimentWriter, "_check_log_dir_exists"),
     (ExperimentWriter, "_record_new_keys"),
@@ -55,6 +53,7 @@ PRIVATE_MEMBERS: tuple[tuple[type, str], ...] = (
     (DDPStrategy, "_configure_launcher"),
 )
 #: Instance attributes used (set in ``__init__``): ``ModelCheckpoint._last_global_step_saved``,
+#: ``ModelCheckpoint._last_checkpoint_saved``,
 #: ``EMAWeightAveraging._average_model``, ``CSVLogger._fs``, ``CSVLogger._experiment``,
 #: ``ExperimentWriter._fs``, ``DDPStrategy._launcher``.
 
@@ -77,9 +76,9 @@ def last_global_step_saved(callback: ModelCheckpoint) -> int:
     return callback._last_global_step_saved
 
 
-def save_last_checkpoint(callback: ModelCheckpoint, trainer: pl.Trainer) -> None:
-    """``last.ckpt`` of ``callback`` now, as ``ModelCheckpoint`` writes it."""
-    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+def last_checkpoint_saved(callback: ModelCheckpoint) -> str:
+    """The path of ``callback``'s latest save ("" before the first)."""
+    return callback._last_checkpoint_saved
 
 
 # ---- EMAWeightAveraging -----------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ LOADER_KEYS = {
     "batch_size",
     "eval_batch_size",
     "num_workers",
+    "cache",
+    "cache_max_gb",
     "pin_memory",
     "persistent_workers",
     "drop_last",

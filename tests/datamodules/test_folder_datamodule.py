@@ -86,7 +86,9 @@ def test_bad_mask_value_names_file_and_values(make_folder_dataset):
     bad = np.zeros((20, 24), np.uint8)
     bad[0, 0] = 7
     Image.fromarray(bad).save(root / "train/masks/train001.png")
-    dm = _dm(root)
+    with pytest.raises(ValueError, match=r"train001\.png.*7 \(1 px\)"):
+        _dm(root).dataset("train")  # cached in memory (the default): read when the data set is built
+    dm = _dm(root, cache="none")
     ds = dm.dataset("train")
     with pytest.raises(ValueError, match=r"train001\.png.*7 \(1 px\)"):
         ds[1]
@@ -97,7 +99,7 @@ def test_bad_mask_value_names_file_and_values(make_folder_dataset):
 def test_size_mismatch(make_folder_dataset):
     root = make_folder_dataset()
     Image.fromarray(np.zeros((10, 24), np.uint8)).save(root / "train/masks/train002.png")
-    dm = _dm(root)
+    dm = _dm(root, cache="none")
     with pytest.raises(ValueError, match=r"size mismatch.*train002\.png is 24x20.*train002\.png is 24x10"):
         dm.dataset("train")[2]
     with pytest.raises(ValueError, match="size mismatch"):
@@ -108,7 +110,7 @@ def test_unreadable_and_colour_masks(make_folder_dataset):
     root = make_folder_dataset()
     (root / "train/images/train000.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "train/masks/train001.png")
-    ds = _dm(root).dataset("train")
+    ds = _dm(root, cache="none").dataset("train")
     with pytest.raises(ValueError, match=r"cannot read image file .*train000\.png"):
         ds[0]
     with pytest.raises(ValueError, match=r"train001\.png has PIL mode 'RGB'"):

@@ -33,6 +33,7 @@ def test_private_members_exist_in_the_installed_version(tmp_path, record_propert
     missing = [f"{cls.__name__}.{name}" for cls, name in PRIVATE_MEMBERS if not hasattr(cls, name)]
     instances = {
         "ModelCheckpoint._last_global_step_saved": ModelCheckpoint(dirpath=tmp_path),
+        "ModelCheckpoint._last_checkpoint_saved": ModelCheckpoint(dirpath=tmp_path),
         "EMAWeightAveraging._average_model": EMAWeightAveraging(),
         "CSVLogger._fs": CSVLogger(tmp_path),
         "CSVLogger._experiment": CSVLogger(tmp_path),
