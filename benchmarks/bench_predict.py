@@ -18,7 +18,13 @@ pytorch Unet (``--encoder``, random weights, ``--classes`` outputs, eval mode), 
 - ``ours slide``: ``predict_probabilities(mode="slide", tile, overlap, blend="gaussian", batch_size)``;
 - ``monai slide``: ``monai.inferers.sliding_window_inference`` with the same tile (``roi_size``), overlap,
   ``mode="gaussian"`` (sigma_scale 0.125, as ours), ``sw_batch_size`` and a predictor applying the same
-  softmax.
+  softmax;
+- ``monai slide, its defaults``: the same tile at MONAI's defaults (``sw_batch_size=1``, overlap 0.25,
+  ``mode="constant"``), what a user calling it plainly gets;
+- ``--formats`` adds our slide with the options ``predict.py`` offers (``precision``, the network's memory
+  format): ``channels_last`` weights and tiles, and ``bf16-mixed`` autocast (probabilities still
+  accumulated in float32). bf16 is fast only where the hardware computes it natively
+  (``models.speed.native_bf16``); elsewhere it is emulated and slower, which the table then shows.
 
 Every case runs once to measure its peak memory (which doubles as the warm-up), then is timed
 ``--repeats`` rounds, round-robin (one pass of every case per round), so load from other processes hits
@@ -59,10 +65,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from memory import peak_bytes, sync
 from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference import InferenceConfig, predict_probabilities, tile_starts
 
@@ -134,6 +143,37 @@ def monai_slide(net: nn.Module, tile: int, overlap: float, batch: int) -> Callab
     return run
 
 
+def monai_defaults(net: nn.Module, tile: int) -> Callable[[Tensor], Tensor]:
+    """MONAI's sliding window at its defaults (sw_batch_size 1, overlap 0.25, constant blending)."""
+
+    def run(image: Tensor) -> Tensor:
+        from monai.inferers import sliding_window_inference
+
+        with torch.inference_mode():
+            return sliding_window_inference(image, (tile, tile), 1, lambda p: net(p).softmax(1))
+
+    return run
+
+
+def format_cases(net: nn.Module, slide: InferenceConfig, device: torch.device) -> list[Case]:
+    """Our slide in channels_last, and under bf16 autocast, as ``predict.py`` runs them."""
+    import copy
+
+    from models.speed import to_channels_last
+
+    nhwc = to_channels_last(copy.deepcopy(net))
+
+    def bf16(image: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return predict_probabilities(net, image, slide, activation="softmax")
+
+    return [
+        Case("ours slide, channels_last", lambda image: predict_probabilities(nhwc, image, slide,
+                                                                              activation="softmax")),
+        Case("ours slide, bf16-mixed", bf16),
+    ]
+
+
 def network_peak(network: nn.Module, batch: int, tile: int, device: torch.device) -> int | None:
     """A(B, T): the network's own peak for one forward pass of ``batch`` tiles, logits included."""
     x = torch.randn(batch, 3, tile, tile, device=device)
@@ -156,7 +196,10 @@ def part_a(args: argparse.Namespace, device: torch.device) -> int | None:
         Case("ours whole", lambda image: predict_probabilities(net, image, whole, activation="softmax")),
         Case("ours slide", lambda image: predict_probabilities(net, image, slide, activation="softmax")),
         Case("monai slide", monai_slide(net, t, ov, b)),
+        Case("monai slide, its defaults", monai_defaults(net, t)),
     ]
+    if args.formats:
+        cases += format_cases(net, slide, device)
     tiles = len(tile_starts(args.size, t, ov))
     print(f"## (a) {args.size}x{args.size} image, smp Unet {args.encoder} (random weights), {args.classes} "
           f"classes, softmax; slide: tile {t}, overlap {ov}, gaussian, batch {b} ({tiles}x{tiles} tiles)\n",
@@ -195,6 +238,11 @@ def part_a(args: argparse.Namespace, device: torch.device) -> int | None:
             print(f"- |ours - MONAI| probability: max {diff.max().item():.2e}, mean {diff.mean().item():.1e} "
                   "(MONAI floors its 2-D Gaussian at 1e-3, weighing tiles equally along the image borders; "
                   "given our map as roi_weight_map it agrees to 1e-6, tests/inference/test_predict.py)")
+    if ours is not None:
+        for name in ("monai slide, its defaults", "ours slide, channels_last", "ours slide, bf16-mixed"):
+            if name in by:
+                ratio = statistics.median(by[name].times) / statistics.median(ours.times)
+                print(f"- ours slide (float32, contiguous) vs {name}: {ratio:.2f}x its speed (median)")
     if "ours whole" in by and ours is not None:
         ratio = statistics.median(ours.times) / statistics.median(by["ours whole"].times)
         print(f"- slide / whole time: {ratio:.2f}x ({tiles * tiles} tiles of {t}^2 = "
@@ -279,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds of (a) (default 2; --quick 1)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--formats", action="store_true", help="(a) also channels_last and bf16-mixed")
     args = p.parse_args(argv)
     args.size = args.size or (1024 if args.quick else 2048)
     args.big = args.big or (4096 if args.quick else 8192)

@@ -134,7 +134,7 @@ class SegmentationModule(pl.LightningModule):
     # ---- steps -------------------------------------------------------------------------------------------
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        loss, _, _ = self._step(batch, "train")
+        loss, _, _ = self._step(batch, "train")  # no predictions: an argmax per step costs 1-10 %
         self.nonfinite.track("train", loss, batch_idx)  # read every few steps: no host sync per step
         # Step value for the progress bar only; loggers get the epoch mean "train/loss".
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
@@ -151,7 +151,8 @@ class SegmentationModule(pl.LightningModule):
         return self.predict_classes(self(images))
 
     def _evaluation_step(self, batch: Mapping[str, Any], batch_idx: int, stage: str) -> dict[str, Tensor]:
-        loss, preds, mask = self._step(batch, stage)
+        loss, logits, mask = self._step(batch, stage)
+        preds = self.predict_classes(logits)
         self.metrics[stage].update(preds, mask)
         self.nonfinite.track(stage, loss, batch_idx)
         if stage == "test":
@@ -161,6 +162,7 @@ class SegmentationModule(pl.LightningModule):
         return {"loss": loss, "preds": preds}
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, logits (detached), mask)`` of a batch; the loss and its terms logged as epoch means."""
         images, mask = unpack_batch(batch, self.mode, self.num_classes)
         if stage == "test" and self.test_predictor is not None:
             logits = self.test_predictor(self.network, images)
@@ -173,7 +175,7 @@ class SegmentationModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", **options)
         for name, value in getattr(self.loss, "last_values", {}).items():
             self.log(f"{stage}/loss/{name}", value, **options)
-        return loss, self.predict_classes(logits.detach()), mask
+        return loss, logits.detach(), mask
 
     # ---- epoch ends --------------------------------------------------------------------------------------
 
