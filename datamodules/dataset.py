@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .io import image_size, read_image, read_mask
+from .io import image_size, read_image
 from .labels import LabelSpec
 from .pairing import SamplePair
+from .roi import read_labels
 
 Transform = Callable[..., dict[str, Any]]
 
@@ -123,7 +124,7 @@ class FolderDataset(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         pair = self.pairs[index]
         image = read_image(pair.image, self.in_channels)
-        mask, _ = self.labels.prepare(read_mask(pair.mask), str(pair.mask))
+        mask, _ = read_labels(pair, self.labels)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"size mismatch: image {pair.image} is {image.shape[1]}x{image.shape[0]} (WxH) but mask "

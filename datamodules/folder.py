@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ from seglosses.checks import check_bool
 
 from .base import SegDataModule
 from .dataset import FolderDataset
-from .io import LOSSY_MASK_EXTENSIONS, LOSSY_REASON, image_size, read_mask
+from .io import LOSSY_MASK_EXTENSIONS, LOSSY_REASON, image_size
 from .labels import LabelSpec
 from .pairing import DEFAULT_IMAGE_EXTENSIONS, SamplePair, find_pairs
 from .preflight import PREFLIGHT_VERSION, PairChecker, Problem, SplitPlan, file_identity
+from .roi import RoiSpec, read_labels
 from .statistics import LabelStatistics, count_labels
 
 DEFAULT_SPLITS = {
@@ -33,8 +35,8 @@ class MaskCounter:
         self.allow_lossy = allow_lossy
 
     def __call__(self, pair: SamplePair) -> tuple[np.ndarray, int, int]:
-        raw = read_mask(pair.mask, allow_lossy=self.allow_lossy)  # also catches JPEG data named .png
-        mask, hist = self.labels.prepare(raw, str(pair.mask))
+        # read_mask also catches JPEG data named .png; outside a region (datamodule.roi): ignore_index
+        mask, hist = read_labels(pair, self.labels, allow_lossy=self.allow_lossy)
         w, h = image_size(pair.image)
         if (h, w) != mask.shape:
             raise ValueError(
@@ -62,6 +64,8 @@ class FolderDataModule(SegDataModule):
         crop_size: (H, W) training crop used by the train pipeline (stored for reference).
         allow_lossy_masks: accept masks in lossy formats (JPEG, lossy WebP); default False refuses them
             when the pairs are built, since compression changes label values at edges.
+        roi: region-of-interest masks ``{dir, suffix, extension}`` (:mod:`datamodules.roi`): pixels outside
+            a sample's region are ``ignore_index`` for loss, metrics and statistics; None: none.
         **kwargs: :class:`~datamodules.base.SegDataModule` arguments (``num_classes``, ``class_names``,
             ``ignore_index``, ``mode``, ``in_channels``, loader settings, transforms, ``seed`` ...).
 
@@ -80,6 +84,7 @@ class FolderDataModule(SegDataModule):
         mask_extension: str = ".png",
         crop_size: Sequence[int] | None = None,
         allow_lossy_masks: bool = False,
+        roi: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -105,6 +110,10 @@ class FolderDataModule(SegDataModule):
                 "artefacts become labels; store masks as PNG (lossless), or set "
                 "datamodule.allow_lossy_masks=true if you accept that"
             )
+        self.roi = RoiSpec.from_config(roi)
+        if self.roi is not None and self.ignore_index is None:
+            raise ValueError("datamodule.roi marks the pixels outside a region as ignore_index, which is "
+                             "null: set datamodule.ignore_index (e.g. 255)")
         self._pairs: dict[str, list[SamplePair]] = {}
 
     @property
@@ -127,8 +136,22 @@ class FolderDataModule(SegDataModule):
                 mask_suffix=self.mask_suffix,
                 mask_extension=self.mask_extension,
                 allow_lossy_masks=self.allow_lossy_masks,
+                skip_tails=self.roi.beside_masks() if self.roi is not None else (),
             )
+            if self.roi is not None:
+                self._pairs[split] = self._with_regions(split, self._pairs[split])
         return self._pairs[split]
+
+    def _with_regions(self, split: str, pairs: list[SamplePair]) -> list[SamplePair]:
+        """``pairs`` with their region masks; ValueError naming the missing ones and the key."""
+        out = [replace(p, roi=self.roi.path(self.root, split, p.name, p.mask)) for p in pairs]
+        missing = [str(p.roi) for p in out if not p.roi.is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            raise ValueError(f"split '{split}': {len(missing)} of {len(out)} samples have no region mask "
+                             f"(datamodule.roi: dir {self.roi.dir!r}, suffix {self.roi.suffix!r}, extension "
+                             f"{self.roi.extension!r}): {shown}")
+        return out
 
     def make_dataset(self, split: str) -> FolderDataset:
         transform = self.train_transform if split == "train" else self.eval_transform
@@ -137,8 +160,9 @@ class FolderDataModule(SegDataModule):
     def statistics_key(self) -> dict[str, Any]:
         files = []
         for p in self.pairs("train"):
-            st = p.mask.stat()
-            files.append([str(p.mask.resolve()), st.st_mtime_ns, st.st_size])
+            for f in (p.mask, p.roi) if p.roi is not None else (p.mask,):
+                st = f.stat()
+                files.append([str(f.resolve()), st.st_mtime_ns, st.st_size])
         return {
             "kind": "folder",
             **self.label_spec_key(),
@@ -162,7 +186,7 @@ class FolderDataModule(SegDataModule):
             except (ValueError, OSError) as e:
                 plans.append(SplitPlan(split, [], None, problems=[Problem("split", split, "", str(e))]))
                 continue
-            files = file_identity(f for p in pairs for f in (p.image, p.mask))
+            files = file_identity(f for p in pairs for f in (p.image, p.mask, p.roi) if f is not None)
             key = None
             if files is not None:
                 key = {

@@ -19,11 +19,13 @@ _SHOW = 5
 
 @dataclass(frozen=True)
 class SamplePair:
-    """One sample: its id (the image file stem) and its two files."""
+    """One sample: its id (the image file stem), its two files and, with ``datamodule.roi``, its region
+    mask (:mod:`datamodules.roi`)."""
 
     name: str
     image: Path
     mask: Path
+    roi: Path | None = None
 
 
 def _few(items: Sequence[object]) -> str:
@@ -96,8 +98,10 @@ def pairs_from_folders(
     image_extensions: Sequence[str] = DEFAULT_IMAGE_EXTENSIONS,
     mask_suffix: str = "",
     mask_extension: str = ".png",
+    skip_tails: Sequence[str] = (),
 ) -> list[SamplePair]:
-    """Pair every image in ``image_dir`` with ``mask_dir/<stem><mask_suffix><mask_extension>``.
+    """Pair every image in ``image_dir`` with ``mask_dir/<stem><mask_suffix><mask_extension>``; files whose
+    names end with one of ``skip_tails`` (region masks stored beside the masks) are neither.
 
     Raises:
         ValueError: images without a mask or masks without an image (a few of each are listed),
@@ -114,8 +118,11 @@ def pairs_from_folders(
         )
 
     images: dict[str, Path] = {}
+    def skipped(p: Path) -> bool:
+        return _is_hidden(p) or not p.is_file() or any(p.name.endswith(t) for t in skip_tails)
+
     for p in sorted(image_dir.iterdir()):
-        if _is_hidden(p) or not p.is_file() or p.suffix.lower() not in exts:
+        if skipped(p) or p.suffix.lower() not in exts:
             continue
         if same_dir and mask_suffix and _has_tail(p.name, mask_suffix, mask_extension):
             continue  # a mask stored beside its image
@@ -125,7 +132,7 @@ def pairs_from_folders(
 
     masks: dict[str, Path] = {}
     for p in sorted(mask_dir.iterdir()):
-        if not _is_hidden(p) and p.is_file() and _has_tail(p.name, mask_suffix, mask_extension):
+        if not skipped(p) and _has_tail(p.name, mask_suffix, mask_extension):
             masks[p.name[:-mask_tail_len]] = p
 
     missing_masks = sorted(s for s in images if s not in masks)
@@ -233,6 +240,7 @@ def find_pairs(
     mask_suffix: str = "",
     mask_extension: str = ".png",
     allow_lossy_masks: bool = False,
+    skip_tails: Sequence[str] = (),
 ) -> list[SamplePair]:
     """Pairs of one split from its spec: ``{images: DIR, masks: DIR}`` and/or ``{list: FILE}``,
     paths relative to ``root``; a key set to None counts as absent.
@@ -265,7 +273,7 @@ def find_pairs(
     else:
         image_dir = _dir(root, spec.get("images"), split, "images")
         mask_dir = _dir(root, spec.get("masks"), split, "masks")
-        pairs = pairs_from_folders(image_dir, mask_dir, split=split, **kw)
+        pairs = pairs_from_folders(image_dir, mask_dir, split=split, skip_tails=skip_tails, **kw)
         key = f"datamodule.mask_extension={mask_extension!r}"
     if not allow_lossy_masks:
         check_lossless_masks(pairs, split=split, key=key)

@@ -36,6 +36,7 @@ from .io import read_image, read_mask
 from .labels import LabelSpec
 from .pairing import SamplePair
 from .parallel import map_in_workers
+from .roi import read_roi
 
 PREFLIGHT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -188,6 +189,7 @@ class PairChecker:
                 mask_hw = self.labels.prepare(raw, str(pair.mask))[0].shape
             except Exception as e:
                 problems.append(Problem("invalid mask values", "", str(pair.mask), str(e)))
+        problems += self._region_problems(pair, mask_hw)
         if image_hw is not None and mask_hw is not None and tuple(image_hw) != tuple(mask_hw):
             (ih, iw), (mh, mw) = image_hw, mask_hw
             problems.append(
@@ -199,6 +201,23 @@ class PairChecker:
                 )
             )
         return problems
+
+
+    @staticmethod
+    def _region_problems(pair: SamplePair, mask_hw: tuple[int, ...] | None) -> list[Problem]:
+        """A region mask (``datamodule.roi``) that cannot be read or differs in size from the mask."""
+        roi = getattr(pair, "roi", None)
+        if roi is None:
+            return []
+        try:
+            roi_hw = read_roi(roi).shape
+        except Exception as e:
+            return [Problem("unreadable region mask", "", str(roi), _message(e, "region mask", roi))]
+        if mask_hw is not None and tuple(roi_hw) != tuple(mask_hw):
+            (rh, rw), (mh, mw) = roi_hw, mask_hw
+            text = f"size mismatch: region mask {roi} is {rw}x{rh} (WxH) but mask {pair.mask} is {mw}x{mh}"
+            return [Problem("size mismatch", "", str(roi), text)]
+        return []
 
 
 def _message(error: BaseException, what: str, path: Path) -> str:

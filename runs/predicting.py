@@ -12,6 +12,10 @@ list file), under ``output``, with subfolders mirrored:
 - ``overlays/<name>.png`` with ``save.overlays=true``: the image blended with the class colours;
 - ``summary.json``: images done, skipped (with the reason), conversions, time and images/s.
 
+With ``roi.dir`` (region masks mirroring the input's names, nonzero = inside, as ``datamodule.roi``) the
+pixels outside an image's region are background in the mask (multilabel: no label) and 0 in the
+probabilities.
+
 Unreadable files are reported and skipped (``on_error=skip``) or stop the run (``on_error=fail``); the
 exit status is non-zero when any image was skipped.
 """
@@ -39,6 +43,7 @@ from rich.progress import (
 from rich.table import Table
 
 from datamodules import InputImage, list_inputs, read_image_converted, write_index_mask, write_rgb
+from datamodules.roi import RoiSpec, read_roi
 from evaluation.grids import flag_palette
 from inference import (
     InferenceInfo,
@@ -129,6 +134,26 @@ def overlay(image: np.ndarray, labels: torch.Tensor, info: InferenceInfo, alpha:
     return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def roi_mask(roi: RoiSpec, item: InputImage, image: np.ndarray) -> torch.Tensor:
+    """Bool (H, W) region of ``item``: ``<roi.dir>/<name><suffix><extension>``, ``name`` the image's path
+    relative to the input (without extension); ValueError when it is missing or of another size."""
+    path = Path(str(roi.dir)) / f"{item.relative}{roi.suffix}{roi.extension}"
+    if not path.is_file():
+        raise ValueError(f"no region mask {path} for {item.path} (roi.dir={roi.dir!r})")
+    region = read_roi(path)
+    if region.shape != image.shape[:2]:
+        raise ValueError(f"size mismatch: region mask {path} is {region.shape[1]}x{region.shape[0]} (WxH) "
+                         f"but image {item.path} is {image.shape[1]}x{image.shape[0]}")
+    return torch.from_numpy(region)
+
+
+def outside_region_is_background(probs: torch.Tensor, labels: torch.Tensor,
+                                 region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (K, H, W) 0 and labels 0 (background; multilabel (K, H, W): none) outside ``region``."""
+    region = region.to(probs.device)
+    return probs * region, labels * region.to(labels.device, labels.dtype)
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
     existing = [
         output / d for d in OUTPUT_FOLDERS if (output / d).is_dir() and any((output / d).rglob("*.*"))
@@ -161,6 +186,7 @@ def _predict_one(
     inference: Any,
     output: Path,
     summary: PredictionSummary,
+    roi: RoiSpec | None = None,
 ) -> None:
     image, note = read_image_converted(item.path, info.in_channels)
     if note is not None:
@@ -170,6 +196,8 @@ def _predict_one(
     x = normalise(image, info)
     probs = predict_probabilities(network, x, inference, activation=activation_for_mode(info.mode))[0]
     labels = labels_from_probabilities(probs[None], info.mode, float(cfg.threshold))[0]
+    if roi is not None:
+        probs, labels = outside_region_is_background(probs, labels, roi_mask(roi, item, image))
     save = cfg.save
     if save.masks:
         palette = info.class_colors
@@ -186,6 +214,18 @@ def _predict_one(
             output / "overlays" / f"{item.relative}.png",
             overlay(image, labels, info, float(save.overlay_alpha)),
         )
+
+
+def region_spec(value: Any) -> RoiSpec | None:
+    """``roi`` of predict.yaml (``{dir, suffix, extension}``; a ``dir`` is required: region masks beside
+    the images would be read as inputs)."""
+    roi = RoiSpec.from_config(value)
+    if roi is not None and roi.dir is None:
+        raise ValueError("roi.dir is required by predict.py (a folder of region masks mirroring the input's "
+                         "names): region masks beside the images would be predicted as images")
+    if roi is not None and not Path(roi.dir).is_dir():
+        raise FileNotFoundError(f"roi.dir={roi.dir!r} is not a folder")
+    return roi
 
 
 def check_predict_config(cfg: DictConfig) -> None:
@@ -226,6 +266,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         log.info(note)
     dtype = autocast_dtype(precision)
     inference = build_inference(cfg.inference, info.size_multiple, info.crop_size)
+    roi = region_spec(cfg.get("roi"))
     listing = list_inputs(cfg.input, exclude=output)  # never what this run (or an earlier one) wrote
     summary = PredictionSummary(output=str(output), ignored_files=len(listing.ignored))
     if listing.ignored:
@@ -252,7 +293,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
         for item in listing.images:
             bar.update(task, name=str(item.relative))
             try:
-                _predict_one(item, network, info, cfg, inference, output, summary)
+                _predict_one(item, network, info, cfg, inference, output, summary, roi)
                 summary.done += 1
             except (ValueError, OSError) as e:
                 if cfg.on_error == "fail":

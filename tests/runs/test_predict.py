@@ -348,3 +348,29 @@ def test_precision_is_checked_and_bf16_gives_the_float32_masks(checkpoint, image
         a = np.asarray(Image.open(mask))
         b = np.asarray(Image.open(tmp_path / "bf16" / "masks" / mask.name))
         assert a.shape == b.shape and (a == b).mean() > 0.95
+
+
+def test_region_masks_make_the_outside_background_and_zero_probability(checkpoint, images, tmp_path):
+    regions = tmp_path / "fov"
+    inside = {}
+    for name, (h, w) in {"large": (70, 90), "small": (20, 24), "nested/odd": (33, 41)}.items():
+        region = np.zeros((h, w), np.uint8)
+        region[h // 4 : h // 2, w // 4 :] = 255
+        (regions / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(region).save(regions / f"{name}_fov.png")
+        inside[name] = region > 0
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    predict(predict_cfg(checkpoint, images, plain, "save.probabilities=float16"))
+    summary = predict(predict_cfg(checkpoint, images, masked, "save.probabilities=float16",
+                                  f"roi={{dir: {regions}, suffix: _fov}}"))
+    assert summary.done == 3
+    for name, region in inside.items():
+        ours, full = (np.asarray(Image.open(d / "masks" / f"{name}.png")) for d in (masked, plain))
+        assert (ours[~region] == 0).all() and np.array_equal(ours[region], full[region])
+        probs = np.load(masked / "probabilities" / f"{name}.npy")
+        assert (probs[:, ~region] == 0).all()
+        assert np.array_equal(probs[:, region], np.load(plain / "probabilities" / f"{name}.npy")[:, region])
+    (regions / "small_fov.png").unlink()
+    again = predict_cfg(checkpoint, images, tmp_path / "again", f"roi={{dir: {regions}, suffix: _fov}}")
+    skipped = predict(again)
+    assert skipped.done == 2 and "no region mask" in skipped.skipped[0]["reason"]
