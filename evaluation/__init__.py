@@ -9,6 +9,11 @@ modules themselves (this package imports nothing, so that ``evaluation.sweeps`` 
 - ``evaluation.objects``, ``evaluation.boundaries``, ``evaluation.topology``: spatial metrics of one
   image's class masks (objects found, Boundary IoU/HD95/ASSD/NSD, clDice) as summable per-image records;
   ``evaluation.masks``: what they share
+- ``evaluation.options``: which metric families an evaluation computes, on which splits (the ``evaluation``
+  config group); ``evaluation.spatial``: the per-image records of objects, boundaries and clDice, gathered
+  over DDP processes; ``evaluation.families``: one stage's families (records and calibration histogram),
+  their ``metrics.json`` values, logged keys and per-image columns; ``evaluation.family_tables``: their
+  console tables
 - ``evaluation.pixels``: logits and targets of every mode as one row per pixel; DDP sums and gathers
 - ``evaluation.calibration``: class-wise and top-label ECE histograms, reliability diagrams, temperature
   scaling (``fit_temperature``, ``apply_temperature``, the ``LogitSample`` it is fitted on)

@@ -9,6 +9,9 @@
   mask) and ``pred_pixels/<class>`` (pixels predicted as the class); ignored pixels are in none of them.
   A score of a class absent from both the image's mask and its prediction is ``nan`` (the text, which
   ``float()``, pandas and numpy read as NaN); multilabel: one binary problem per label, as the metrics.
+  Then the columns of the metric families that are on for the test
+  (:meth:`evaluation.families.FamilyResults.csv_columns`: object counts, Boundary IoU, HD95, ASSD, NSD,
+  clDice per class).
 - ``confusion_<split>.csv`` (``val``: the best validation epoch; ``test``): multiclass/binary: header
   ``true\\predicted`` and the class names, then one row per true class: its name and the pixel counts
   predicted as each class (int). Multilabel: header ``label,TN,FP,FN,TP``, one row per label (its binary
@@ -16,6 +19,8 @@
 - ``confusion_<split>.png``: the matrix with each row divided by its sum (:func:`normalize_rows`: the share
   of the true class's pixels predicted as each class; a row without pixels is grey), values written
   in the cells up to :data:`ANNOTATE_MAX` classes; multilabel: one 2x2 panel per label.
+- ``reliability_<split>.png`` (the splits whose calibration family is on,
+  :meth:`evaluation.calibration.CalibrationHistogram.reliability_diagram`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from evaluation.families import FamilyResults
 from evaluation.per_image import PerImageCounts
 from safeio import atomic_path, write_json
 
@@ -42,6 +48,7 @@ __all__ = [
     "normalize_rows",
     "per_image_columns",
     "plot_confusion",
+    "reliability_name",
     "write_confusion_csv",
     "write_evaluation_outputs",
     "write_metrics",
@@ -66,33 +73,53 @@ def confusion_names(split: str) -> tuple[str, str]:
     return f"confusion_{split}.csv", f"confusion_{split}.png"
 
 
-def per_image_columns(class_names: Sequence[str]) -> list[str]:
-    """Header of ``test_per_image.csv``."""
+def reliability_name(split: str) -> str:
+    """File name of the reliability diagram of ``split``: ``reliability_<split>.png``."""
+    return f"reliability_{split}.png"
+
+
+def per_image_columns(class_names: Sequence[str], families: FamilyResults | None = None) -> list[str]:
+    """Header of ``test_per_image.csv`` (with ``families``: their columns at the end)."""
     columns = ["name", "mIoU", "mDice"]
     for key in ("iou", "dice", "target_pixels", "pred_pixels"):
         columns += [f"{key}/{name}" for name in class_names]
-    return columns
+    return columns + (families.csv_columns() if families is not None else [])
 
 
 def _number(value: float) -> str:
     return "nan" if math.isnan(value) else repr(value)
 
 
-def write_per_image_csv(path: str | Path, per_image: PerImageCounts, class_names: Sequence[str]) -> None:
+def _family_cells(families: FamilyResults | None, names: Sequence[str]) -> list[list[str]]:
+    """The cells of the families' columns of each row (counts as ints), rows checked against ``names``."""
+    if families is None or families.records is None:
+        return [[] for _ in names]
+    if tuple(families.records.names) != tuple(names):
+        raise ValueError("the families' per-image records are not of the images of the pixel counts")
+    counts = families.csv_is_count()
+    return [[str(int(v)) if count else _number(float(v)) for v, count in zip(row, counts, strict=True)]
+            for row in families.csv_values().tolist()]
+
+
+def write_per_image_csv(path: str | Path, per_image: PerImageCounts, class_names: Sequence[str],
+                        families: FamilyResults | None = None) -> None:
     """``per_image`` (N images, C = ``len(class_names)`` classes) as ``test_per_image.csv``: one row per
-    image in its order, columns :func:`per_image_columns`; scores full-precision floats or ``nan``."""
+    image in its order, columns :func:`per_image_columns`; scores full-precision floats or ``nan``;
+    ``families``: the test's metric families, whose records must be of the same images in the same
+    order."""
     if per_image.counts.shape[1] != len(class_names):
         raise ValueError(f"{per_image.counts.shape[1]} classes counted but {len(class_names)} names given")
+    extra = _family_cells(families, per_image.names)
     scores = per_image.scores()
     iou, dice = scores["iou"].tolist(), scores["dice"].tolist()
     miou, mdice = scores["mIoU"].tolist(), scores["mDice"].tolist()
     target, pred = per_image.target_pixels().tolist(), per_image.pred_pixels().tolist()
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(per_image_columns(class_names))
+        writer.writerow(per_image_columns(class_names, families))
         for i, name in enumerate(per_image.names):
             writer.writerow([name, _number(miou[i]), _number(mdice[i]), *map(_number, iou[i]),
-                             *map(_number, dice[i]), *target[i], *pred[i]])
+                             *map(_number, dice[i]), *target[i], *pred[i], *extra[i]])
 
 
 def write_confusion_csv(path: str | Path, matrix: Tensor | np.ndarray, class_names: Sequence[str]) -> None:
@@ -188,16 +215,20 @@ def write_evaluation_outputs(
     confusion: Mapping[str, Tensor],
     per_image: PerImageCounts | None,
     epochs: Mapping[str, int | None],
+    families: Mapping[str, FamilyResults] | None = None,
 ) -> dict[str, Path]:
-    """Write ``test_per_image.csv`` (when ``per_image`` is given) and, for each split of ``confusion``
-    (``{"val": (C, C) matrix, ...}``), ``confusion_<split>.csv`` and ``.png`` (title: split and
-    ``epochs[split]``) into ``output_dir``. Returns ``{"test_per_image": path, "confusion_<split>": csv,
-    "confusion_<split>_png": png}`` of the files written."""
+    """Write ``test_per_image.csv`` (when ``per_image`` is given; with the columns of ``families["test"]``)
+    and, for each split of ``confusion`` (``{"val": (C, C) matrix, ...}``), ``confusion_<split>.csv`` and
+    ``.png`` (title: split and ``epochs[split]``), and ``reliability_<split>.png`` where ``families`` has
+    the split with calibration on, into ``output_dir``. Returns ``{"test_per_image": path,
+    "confusion_<split>": csv, "confusion_<split>_png": png, "reliability_<split>_png": png}`` of the files
+    written."""
     output_dir = Path(output_dir)
+    families = families or {}
     written: dict[str, Path] = {}
     if per_image is not None:
         written["test_per_image"] = output_dir / PER_IMAGE_CSV
-        write_per_image_csv(written["test_per_image"], per_image, class_names)
+        write_per_image_csv(written["test_per_image"], per_image, class_names, families.get("test"))
     for split, matrix in confusion.items():
         csv_name, png_name = confusion_names(split)
         written[f"confusion_{split}"] = output_dir / csv_name
@@ -206,4 +237,11 @@ def write_evaluation_outputs(
         title = f"{split} confusion matrix" + ("" if epoch is None else f", epoch {epoch}")
         plot_confusion(output_dir / png_name, matrix, class_names, f"{title} (rows normalised)")
         written[f"confusion_{split}_png"] = output_dir / png_name
+    for split, results in families.items():
+        if results.calibration is not None and split in confusion:
+            epoch = epochs.get(split)
+            title = f"{split} reliability" + ("" if epoch is None else f", epoch {epoch}")
+            path = output_dir / reliability_name(split)
+            results.calibration.reliability_diagram(path, class_names, title)
+            written[f"reliability_{split}_png"] = path
     return written

@@ -3,7 +3,9 @@
 - ``best_and_test`` (default): during fitting one line per validation epoch
   (:func:`evaluation.tables.epoch_line`: mIoU, the rare classes' mean IoU, the weakest class, the best so
   far); the full per-class table of a validation outside fitting (``train.py`` validates the best checkpoint
-  after fitting) and of the test, which is followed by the test images of lowest mIoU;
+  after fitting) and of the test, which is followed by the test images of lowest mIoU and by the tables of
+  the metric families that are on for the split (``evaluation.*``: objects found, boundaries and clDice,
+  the calibration line; :mod:`evaluation.family_tables`);
 - ``every_epoch``: the full table after every validation epoch too, each followed by its line;
 - ``none``: nothing.
 
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 import rich
 from torch import Tensor
 
+from evaluation.families import FamilyResults
+from evaluation.family_tables import family_tables
 from evaluation.per_image import PerImageCounts
 from evaluation.rare import NUM_RARE, rarest
 from evaluation.tables import epoch_line, print_class_table, worst_images_table
@@ -55,10 +59,13 @@ class EvaluationReport:
         return rarest(dict(zip(self.class_names, shares, strict=True)))
 
     def show(self, stage: str, scores: dict[str, Tensor], epoch: int | None,
-             per_image: PerImageCounts | None = None, checkpoint_epoch: int | None = None) -> None:
+             per_image: PerImageCounts | None = None, checkpoint_epoch: int | None = None,
+             families: FamilyResults | None = None) -> None:
         """Print what ``print_tables`` asks for after an evaluation of ``stage`` (``epoch``: the epoch
         validated during fitting, else None); ``per_image``: the test's rows; ``checkpoint_epoch``: the
-        epoch of the checkpoint evaluated outside fitting, named in the table's title."""
+        epoch of the checkpoint evaluated outside fitting, named in the table's title; ``families``: the
+        metric families of the stage (:mod:`evaluation.family_tables`, after the pixel table and the worst
+        images)."""
         scores = {k: v.cpu() for k, v in scores.items()}
         fitting = stage == "val" and epoch is not None
         if fitting:
@@ -78,6 +85,8 @@ class EvaluationReport:
                 # the stage alone: a longer title would be wrapped to the narrow table's width
                 console.print(worst_images_table(per_image.names, per_image.scores(), self.class_names, n,
                                                  title=f"{stage}: {n} worst images by mIoU"))
+            for item in family_tables(families, stage) if families is not None else ():
+                console.print(item, highlight=False, soft_wrap=isinstance(item, str))
         if fitting:
             line = epoch_line(epoch, scores, self.class_names, self.rare(scores), self.best)
             console.print(line, highlight=False, soft_wrap=True)

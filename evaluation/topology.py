@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from skimage.morphology import skeletonize
 
 from evaluation.masks import EMPTY_FIELDS, binary_pair, bounding_box, empty_counts, nan_ratio
 
@@ -65,7 +64,11 @@ class ClDiceScores:
 
 def skeleton(mask: Any) -> np.ndarray:
     """The skeleton of a boolean (H, W) mask (``skeletonize``, run on the mask's bounding box only: the
-    thinning is local and sees background beyond the border, so the result is the same)."""
+    thinning is local and sees background beyond the border, so the result is the same). scikit-image is
+    imported here, on the first skeleton: importing it costs about half a second, which every process
+    that imports the LightningModule would pay with clDice off."""
+    from skimage.morphology import skeletonize
+
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros_like(mask)
     box = bounding_box(mask)

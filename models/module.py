@@ -12,9 +12,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
+from evaluation.families import FamilyEvaluation, FamilyResults
 from evaluation.nonfinite import NonFiniteGuard
+from evaluation.options import EvaluationOptions
 from evaluation.per_image import PerImageCounts, PerImageRecorder, batch_names, per_image_counts
 from evaluation.reporting import EvaluationReport
+from evaluation.spatial import spatial_classes
 from evaluation.tables import summarize
 from models.batches import check_logits, class_names_for, loss_target, predicted_classes, unpack_batch
 from models.speed import is_channels_last
@@ -52,6 +55,9 @@ class SegmentationModule(pl.LightningModule):
             ``inference.load_for_inference`` reads).
         test_predictor: ``test_predictor(network, images) -> logits`` for the test split (sliding window,
             TTA: ``inference.InferencePredictor``); ``None``: one forward pass of the padded batch.
+        evaluation: the metric families of the evaluations beyond the pixel table and their splits
+            (:class:`evaluation.options.EvaluationOptions`; default: objects, boundaries and calibration on
+            the test split); settable later (``runs.build`` sets the ``evaluation`` config group's).
 
     Batches are dicts (:func:`models.batches.unpack_batch`): ``"image"`` float (B, C_in, H, W), ``"mask"``
     int64 (B, H, W) class ids (multilabel: (B, C, H, W) {0, 1}) with ``ignore_index`` intact, optionally
@@ -68,6 +74,12 @@ class SegmentationModule(pl.LightningModule):
             summed over DDP ranks, on the CPU, int64: (C, C) ``[true, predicted]`` (multilabel: (C, 2, 2)).
         per_image: ``{"test": PerImageCounts}``, the counts of every test image, gathered from all DDP
             ranks (:class:`evaluation.per_image.PerImageRecorder`), rows sorted by image name.
+        families: ``{stage: FamilyResults}`` of the stages in ``evaluation.splits``: the records of every
+            image (objects, boundaries, clDice) and the calibration histogram, from all DDP ranks
+            (:class:`evaluation.families.FamilyEvaluation`); their values are also in ``results``.
+
+    The families are computed in the validation/test steps of the stages in ``evaluation.splits`` only
+    (never in training): per image on the CPU, the calibration histogram on the device.
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class SegmentationModule(pl.LightningModule):
         worst_images: int = 5,
         rare_classes: Sequence[str] | None = None,
         finite_check_every_n_steps: int = 50,
+        evaluation: EvaluationOptions | None = None,
     ) -> None:
         super().__init__()
         check_num_classes(check_mode(mode), num_classes)
@@ -108,6 +121,9 @@ class SegmentationModule(pl.LightningModule):
         self.confusion: dict[str, Tensor] = {}
         self.per_image: dict[str, PerImageCounts] = {}
         self.image_counts = PerImageRecorder(self.metric_classes)  # this process's test images of the epoch
+        self.families: dict[str, FamilyResults] = {}
+        self._family_epoch: FamilyEvaluation | None = None  # this process's families of the running stage
+        self.evaluation = EvaluationOptions() if evaluation is None else evaluation
         self.nonfinite = NonFiniteGuard()
         self.finite_check_every_n_steps = check_int(finite_check_every_n_steps, "finite_check_every_n_steps",
                                                     minimum=1)
@@ -117,6 +133,19 @@ class SegmentationModule(pl.LightningModule):
         hparams = {"num_classes": num_classes, "class_names": list(self.class_names),
                    "ignore_index": ignore_index, "mode": mode}
         self.save_hyperparameters(hparams, logger=False)
+
+    @property
+    def evaluation(self) -> EvaluationOptions:
+        """The metric families (:class:`evaluation.options.EvaluationOptions`); setting it checks the
+        clDice class names against the model's classes."""
+        return self._evaluation
+
+    @evaluation.setter
+    def evaluation(self, options: EvaluationOptions) -> None:
+        if not isinstance(options, EvaluationOptions):
+            raise ValueError(f"evaluation must be an EvaluationOptions, got {type(options).__name__}")
+        spatial_classes(self.mode, self.class_names, options.topology)  # names of topology.classes
+        self._evaluation = options
 
     def forward(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -155,10 +184,13 @@ class SegmentationModule(pl.LightningModule):
         preds = self.predict_classes(logits)
         self.metrics[stage].update(preds, mask)
         self.nonfinite.track(stage, loss, batch_idx)
+        names = batch_names(batch.get("name"), batch_idx, preds.shape[0])
         if stage == "test":
             counts = per_image_counts(preds, mask, self.metric_classes, self.ignore_index,
                                       multilabel=self.mode == MULTILABEL_MODE)
-            self.image_counts.add(batch_names(batch.get("name"), batch_idx, preds.shape[0]), counts)
+            self.image_counts.add(names, counts)
+        if self._family_epoch is not None:
+            self._family_epoch.update(names, logits, preds, mask)
         return {"loss": loss, "preds": preds}
 
     def _step(self, batch: Mapping[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -192,10 +224,18 @@ class SegmentationModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.nonfinite.check("train", self.trainer)  # no validation, and so no checkpoint, of NaN weights
         self.nonfinite.reset("val")  # left over by an epoch that was interrupted
+        self._start_families("val")
 
     def on_test_epoch_start(self) -> None:
         self.nonfinite.reset("test")
         self.image_counts.reset()
+        self._start_families("test")
+
+    def _start_families(self, stage: str) -> None:
+        self._family_epoch = None
+        if self.evaluation.runs_on(stage):
+            self._family_epoch = FamilyEvaluation(self.evaluation, self.mode, self.num_classes,
+                                                  self.class_names, self.ignore_index)
 
     def on_validation_epoch_end(self) -> None:
         self._finish_stage("val")
@@ -212,7 +252,11 @@ class SegmentationModule(pl.LightningModule):
         metric.reset()
         self.nonfinite.check(stage, self.trainer)
         per_image = self.image_counts.gather() if stage == "test" else None  # a collective under DDP too
+        families = self._family_epoch.finish() if self._family_epoch is not None else None  # collectives
+        self._family_epoch = None
         logs = metric_logs(stage, scores, self.class_names)
+        if families is not None:
+            logs.update(families.logs(stage))
         miou = logs.pop(f"{stage}/mIoU")
         with warnings.catch_warnings():  # Lightning's advice to sync epoch-level values does not apply here
             warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
@@ -227,8 +271,12 @@ class SegmentationModule(pl.LightningModule):
         self.confusion[stage] = matrix.detach().cpu().long()
         if per_image is not None:
             self.per_image[stage] = per_image
+        self.families.pop(stage, None)
+        if families is not None:
+            self.families[stage] = families
+            self.results[stage].update(families.summary())
         if self.trainer.is_global_zero:
-            self.report.show(stage, scores, epoch, per_image, self.loaded_checkpoint_epoch)
+            self.report.show(stage, scores, epoch, per_image, self.loaded_checkpoint_epoch, families)
 
     # ---- optimisation and checkpoints -------------------------------------------------------------------
 

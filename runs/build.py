@@ -175,6 +175,7 @@ def build_inference(node: Any, multiple: int, default_tile: Sequence[int] | None
 def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Module,
                  stats: LabelStatistics) -> pl.LightningModule:
     model_cfg = cfg.model
+    evaluation = build(cfg.evaluation, "evaluation") if cfg.get("evaluation") is not None else None
     frequencies = None
     if model_cfg.get("prior_init") and model_cfg.get("prior") is None:
         frequencies = stats.frequencies.tolist()
@@ -196,6 +197,11 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule, loss: torch.nn.Modu
     )
     # Set here, not passed to instantiate: OmegaConf would try to merge the dataclass into the config.
     module.test_predictor = predictor_for(test_inference, module.mode)
+    if evaluation is not None:
+        try:
+            module.evaluation = evaluation  # checks evaluation.topology.classes against the classes
+        except ValueError as e:
+            raise prefixed(e, "evaluation") from None
     module.inference_info = inference_info(cfg, datamodule, network, module.class_names).to_dict()
     return module
 

@@ -47,6 +47,27 @@ def check_config(cfg: DictConfig) -> None:
     optimizer = cfg.get("optimizer")
     if optimizer is not None and optimizer.get("lr") is not None:  # torch says only "Invalid learning rate"
         check_number(optimizer.lr, "optimizer.lr", minimum=0)
+    _check_family_metric(cfg)
+
+
+#: The logged keys of each metric family (``evaluation.families.FamilyResults.logs``) by their first part.
+_FAMILY_KEYS = {"objects": "objects", "boundary": "boundary", "cldice": "topology", "ece": "calibration",
+                "ece_mean": "calibration", "ece_top_label": "calibration"}
+
+
+def _check_family_metric(cfg: DictConfig) -> None:
+    """An ``optimized_metric`` of a metric family (``val/objects/f1``) exists only when the validation
+    computes that family: Lightning would fail after the first epoch, without naming the keys to set."""
+    evaluation, metric = cfg.get("evaluation"), str(cfg.get("optimized_metric") or "")
+    stage, _, rest = metric.partition("/")
+    family = _FAMILY_KEYS.get(rest.split("/")[0])
+    if evaluation is None or stage != "val" or family is None:
+        return
+    if "val" not in list(evaluation.get("splits") or []):
+        raise ValueError(f"optimized_metric={metric} is computed only when the validation runs the metric "
+                         "families: set evaluation.splits=[val,test]")
+    if not (evaluation.get(family) or {}).get("enabled"):
+        raise ValueError(f"optimized_metric={metric} needs evaluation.{family}.enabled=true")
 
 
 def _length(value: Any) -> int | None:

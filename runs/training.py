@@ -9,11 +9,13 @@
 
 ``test_inference`` records the ``inference`` options the test split was predicted with (the same
 inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``inference.tta=[hflip]``).
-``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``)
-and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation files written
-next to it (:mod:`evaluation.files`): ``test_per_image.csv``, ``confusion_val.csv``/``.png`` (the best
-validation epoch; not with ``train=false``) and ``confusion_test.csv``/``.png``. The loggers get the
-heatmaps (TensorBoard: images ``confusion/<split>``) and, where they keep files (MLflow), every file
+``val``/``test`` hold the module's results of the split (``mIoU``, ``mDice``, ``pixel_acc``, ``per_class``;
+``objects``, ``boundary``, ``topology``, ``calibration`` for the metric families on for the split,
+``evaluation.*``) and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation
+files written next to it (:mod:`evaluation.files`): ``test_per_image.csv``, ``confusion_val.csv``/``.png``
+(the best validation epoch; not with ``train=false``), ``confusion_test.csv``/``.png`` and
+``reliability_<split>.png`` (calibration). The loggers get the figures (TensorBoard: images
+``confusion/<split>``, ``reliability/<split>``) and, where they keep files (MLflow), every file
 (:mod:`runs.tracking`).
 """
 
@@ -95,14 +97,17 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, module: LightningModule, recor
     splits = [s for s in ("val", "test") if record.get(s) is not None and s in module.confusion]
     epochs = {s: record[s].get("epoch") for s in splits}
     per_image = module.per_image.get("test") if "test" in splits else None
+    families = {s: module.families[s] for s in splits if s in module.families}
     written = write_evaluation_outputs(out, module.class_names, {s: module.confusion[s] for s in splits},
-                                       per_image, epochs)
+                                       per_image, epochs, families)
     record["outputs"] = {key: path.name for key, path in written.items()}
     write_metrics(out / METRICS_JSON, record)
     print_summary(record, out)
     for split in splits:
-        png = written[f"confusion_{split}_png"]
-        log_figure(trainer.loggers, f"confusion/{split}", png, step=epochs[split])
+        for figure in ("confusion", "reliability"):
+            png = written.get(f"{figure}_{split}_png")
+            if png is not None:
+                log_figure(trainer.loggers, f"{figure}/{split}", png, step=epochs[split])
     files = [out / METRICS_JSON, *(p for key, p in written.items() if not key.endswith("_png"))]
     log_files(trainer.loggers, files)
 

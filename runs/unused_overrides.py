@@ -70,7 +70,7 @@ __all__ = [
 #: them are the objects' arguments.
 INSTANTIATED = (
     "datamodule", "model", "class_weights", "loss.module", "optimizer", "scheduler", "inference", "module",
-    "trainer", "callbacks.*", "logger.*",
+    "evaluation", "trainer", "callbacks.*", "logger.*",
 )  # fmt: skip
 #: The plain keys the code reads (``paths``: the run's directories and the data root, for interpolations;
 #: ``hydra``: Hydra's own node, whose interpolations may refer to the task's keys).

@@ -17,7 +17,9 @@ from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from evaluation.boundaries import boundary_scores
 from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics
+from evaluation.families import FamilyEvaluation, FamilyResults
 from evaluation.files import (
     normalize_rows,
     per_image_columns,
@@ -26,6 +28,8 @@ from evaluation.files import (
     write_evaluation_outputs,
     write_per_image_csv,
 )
+from evaluation.objects import object_counts
+from evaluation.options import EvaluationOptions, TopologyOptions
 from evaluation.per_image import PerImageCounts, per_image_counts
 from runs.tracking import log_figure, log_files
 from tests.overrides import QUIET, SMALL_UNET, SYNTHETIC_ODD
@@ -140,6 +144,53 @@ def test_per_image_csv_columns_counts_and_nan(tmp_path):
     assert float(rows[2]["mIoU"]) == pytest.approx(sum(ious) / 2)
 
 
+def _families(names: list[str], preds: torch.Tensor, target: torch.Tensor,
+              options: EvaluationOptions) -> FamilyResults:
+    logits = torch.nn.functional.one_hot(preds, 3).permute(0, 3, 1, 2).float() * 2
+    evaluation = FamilyEvaluation(options, "multiclass", 3, NAMES, IGNORE)
+    evaluation.update(names, logits, preds, target)
+    return evaluation.finish()
+
+
+def test_per_image_csv_ends_with_the_family_columns_of_the_same_images(tmp_path):
+    preds, target = _random_batch(4, shape=(3, 12, 12))
+    names = ["b", "c", "a"]
+    per_image = PerImageCounts.merge([(names, per_image_counts(preds, target, 3, IGNORE))], 3)
+    families = _families(names, preds, target, EvaluationOptions(topology=TopologyOptions(classes=("car",))))
+    write_per_image_csv(tmp_path / "p.csv", per_image, NAMES, families)
+    with open(tmp_path / "p.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == per_image_columns(NAMES, families) == [*per_image_columns(NAMES), *(
+        f"{k}/{n}" for k in ("objects_gt", "objects_found", "objects_pred", "objects_matched", "biou", "hd95",
+                             "assd", "nsd") for n in NAMES), "cldice/car"]
+    row, b = rows[0], 2  # row "a" is image 2 of the batch
+    valid = (target[b] != IGNORE).numpy()
+    for c, name in enumerate(NAMES):
+        p, t = (preds[b] == c).numpy(), (target[b] == c).numpy()
+        counts = object_counts(p, t, valid)
+        assert [row[f"objects_{k}/{name}"] for k in ("gt", "found", "pred", "matched")] == [
+            str(counts.gt), str(counts.gt_detected), str(counts.pred), str(counts.pred_matched)]
+        np.testing.assert_equal(float(row[f"hd95/{name}"]), boundary_scores(p, t, valid).hd95)  # nan too
+    others = _families(["x", "y", "z"], preds, target, EvaluationOptions())
+    with pytest.raises(ValueError, match="not of the images of the pixel counts"):
+        write_per_image_csv(tmp_path / "q.csv", per_image, NAMES, others)
+
+
+def test_a_reliability_diagram_is_written_for_each_split_with_calibration(tmp_path):
+    preds, target = _random_batch(5)
+    per_image = PerImageCounts.merge([(["x", "y", "z"], per_image_counts(preds, target, 3, IGNORE))], 3)
+    matrix = per_image.counts.new_zeros(3, 3)
+    test = _families(["x", "y", "z"], preds, target, EvaluationOptions(objects=None, boundary=None))
+    val = _families(["x", "y", "z"], preds, target, EvaluationOptions(calibration=None))
+    written = write_evaluation_outputs(tmp_path, NAMES, {"test": matrix, "val": matrix}, per_image,
+                                       {"test": None, "val": 2}, {"test": test, "val": val})
+    assert "reliability_test_png" in written and "reliability_val_png" not in written
+    with Image.open(written["reliability_test_png"]) as image:
+        assert image.format == "PNG" and written["reliability_test_png"].name == "reliability_test.png"
+    assert not (tmp_path / "reliability_val.png").exists()
+
+
 @pytest.mark.slow
 def test_evaluation_outputs_are_written_only_for_the_given_splits(tmp_path):
     preds, target = _random_batch(3)
@@ -216,10 +267,18 @@ def test_train_py_writes_per_image_rows_confusion_matrices_and_worst_images(sing
         "test_per_image": "test_per_image.csv",
         "confusion_val": "confusion_val.csv", "confusion_val_png": "confusion_val.png",
         "confusion_test": "confusion_test.csv", "confusion_test_png": "confusion_test.png",
+        "reliability_test_png": "reliability_test.png",  # calibration: on for the test split by default
     }
     with open(run / "test_per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == [f"test_{i:05d}" for i in range(5)]
+    # the default families of the test (conf/evaluation/default.yaml), not of the validation
+    assert {"objects", "boundary", "calibration"} <= set(metrics["test"]) and "objects" not in metrics["val"]
+    assert {f"objects_gt/{c}" for c in CLASSES} | {f"hd95/{c}" for c in CLASSES} <= set(rows[0])
+    disc = metrics["test"]["objects"]["per_class"]["disc"]
+    assert sum(int(r["objects_gt/disc"]) for r in rows) == disc["gt"]
+    assert "test: objects found" in proc.stdout and "test: boundaries" in proc.stdout
+    assert "test calibration (15 bins)" in proc.stdout
     for split in ("val", "test"):
         table = _read_csv(run / f"confusion_{split}.csv")
         assert table[0] == ["true\\predicted", *CLASSES] and [r[0] for r in table[1:]] == CLASSES
@@ -241,7 +300,7 @@ def test_train_py_writes_per_image_rows_confusion_matrices_and_worst_images(sing
     worst = min(rows, key=lambda r: (float(r["mIoU"]), r["name"]))
     assert worst["name"] in proc.stdout
     images = _images_in_events(run / "tensorboard")
-    assert set(images) == {"confusion/val", "confusion/test"}
+    assert set(images) == {"confusion/val", "confusion/test", "reliability/test"}
     assert images["confusion/val"][0].step == metrics["val"]["epoch"]
 
 
@@ -260,6 +319,13 @@ def test_ddp_evaluation_writes_the_rows_and_matrix_of_one_process(single_run, tm
     # bit for bit the file of the single-process test of the same checkpoint
     assert (ddp / "test_per_image.csv").read_text() == (run / "test_per_image.csv").read_text()
     assert (ddp / "confusion_test.csv").read_text() == (run / "confusion_test.csv").read_text()
+    assert "objects_matched/cross" in rows[0] and "nsd/cross" in rows[0]  # the families' columns: equal too
+    ddp_metrics = json.loads((ddp / "metrics.json").read_text())
+    for family in ("objects", "boundary"):  # from the records of every image, summed in name order
+        assert ddp_metrics["test"][family] == metrics["test"][family]
+    ece = ddp_metrics["test"]["calibration"]  # histogram sums of two processes: up to rounding
+    assert ece["ece_mean"] == pytest.approx(metrics["test"]["calibration"]["ece_mean"], rel=1e-9)
+    assert (ddp / "reliability_test.png").is_file()
     assert (ddp / "confusion_test.png").is_file()
     assert not (ddp / "confusion_val.csv").exists()  # train=false: the test only
     assert all(math.isfinite(float(r["mIoU"])) for r in rows)

@@ -82,8 +82,10 @@ def test_test_stage_prints_table_and_keeps_results(make_module, trainer, loader,
     assert "test" in out
     for header in ("Class", "IoU", "Dice", "Precision", "Recall", "Pixel share", *NAMES):
         assert header in out
+    assert "test: objects found" in out and "test: boundaries" in out and "test calibration" in out
     results = module.results["test"]
-    assert set(results) == {"epoch", "mIoU", "mDice", "pixel_acc", "per_class"}
+    assert set(results) == {"epoch", "mIoU", "mDice", "pixel_acc", "per_class", "objects", "boundary",
+                            "calibration"}
     assert results["epoch"] is None  # a separate test run does not know the epoch of the weights
     assert results["mIoU"] == pytest.approx(float(t.callback_metrics["test/mIoU"]), abs=1e-6)
 

@@ -254,6 +254,7 @@ def test_the_overrides_of_the_tests_are_used(tmp_path):
         "model.prior_init=true", "model.prior=0.01", "inference.mode=slide", "inference.tta=[hflip]",
         "module.worst_images=0", "+trainer.profiler=null", "datamodule.sampling=rcs",
         "datamodule.crop_focus.p=0.33", "callbacks=[ema,early_stopping]", "callbacks.ema.decay=0.9",
+        "evaluation.splits=[val,test]", "evaluation.objects.iou=0.3", "evaluation.topology.enabled=true",
     ]  # fmt: skip
     assert _unused(*overrides) == []
 
