@@ -17,6 +17,7 @@ from typing import Any
 from evaluation.boundaries import BoundaryOptions
 from evaluation.calibration import DEFAULT_BINS
 from evaluation.objects import ObjectOptions
+from evaluation.posthoc import check_calibrate
 from seglosses.checks import check_bool, check_int
 
 __all__ = ["FAMILIES", "SPLITS", "CalibrationOptions", "EvaluationOptions", "TopologyOptions"]
@@ -80,6 +81,9 @@ class EvaluationOptions:
             2 px) or None.
         topology: :class:`TopologyOptions` or None (default: off).
         calibration: :class:`CalibrationOptions` (15 bins) or None.
+        calibrate: temperature scaling fitted on the validation split after training
+            (:mod:`evaluation.posthoc`): ``None`` (off, default), ``"scalar"`` (one temperature) or
+            ``"per_class"`` (one per class/label); the config's ``false | true | per_class``.
 
     ``splits`` other than the default with every family off would do nothing and is refused.
     """
@@ -89,8 +93,11 @@ class EvaluationOptions:
     boundary: BoundaryOptions | None = field(default_factory=BoundaryOptions)
     topology: TopologyOptions | None = None
     calibration: CalibrationOptions | None = field(default_factory=CalibrationOptions)
+    calibrate: str | None = None
 
     def __post_init__(self) -> None:
+        if self.calibrate not in (None, "scalar", "per_class"):
+            object.__setattr__(self, "calibrate", check_calibrate(self.calibrate))
         splits = self.splits
         if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits \
                 or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
@@ -127,16 +134,18 @@ class EvaluationOptions:
 
     @classmethod
     def from_config(cls, splits: Any, objects: Any, boundary: Any, topology: Any,
-                    calibration: Any) -> EvaluationOptions:
+                    calibration: Any, calibrate: Any = False) -> EvaluationOptions:
         """The options of the ``evaluation`` config group (its ``_target_``): ``splits`` a list, each family
         a mapping of ``enabled`` (true/false) and its options' keys (``objects: {enabled: true, iou: 0.5,
         connectivity: 8, size_bins: [1024, 9216]}``). A family that is off must leave its options at their
-        defaults (they would do nothing). ValueError naming the key (``boundary.tolerance``) otherwise."""
+        defaults (they would do nothing). ``calibrate``: ``false | true | per_class``
+        (:func:`evaluation.posthoc.check_calibrate`). ValueError naming the key (``boundary.tolerance``)
+        otherwise."""
         if isinstance(splits, str) or not isinstance(splits, Sequence):
             raise ValueError(f"splits must be a list of splits of {list(SPLITS)}, got {splits!r}")
         given = {"objects": objects, "boundary": boundary, "topology": topology, "calibration": calibration}
         families = {name: _family(name, node) for name, node in given.items()}
-        return cls(tuple(str(s) for s in splits), **families)
+        return cls(tuple(str(s) for s in splits), **families, calibrate=check_calibrate(calibrate))
 
 
 def _plain(value: Any) -> Any:

@@ -13,12 +13,14 @@ from seglosses.modes import MULTICLASS_MODE, check_mode
 
 __all__ = [
     "ACTIVATIONS",
+    "AUTO_THRESHOLD",
     "BLENDS",
     "FLIPS",
     "INFERENCE_MODES",
     "PAD_MODES",
     "InferenceConfig",
     "activation_for_mode",
+    "check_threshold",
 ]
 
 INFERENCE_MODES = ("whole", "slide", "auto")
@@ -28,6 +30,8 @@ FLIPS = ("hflip", "vflip")
 FLIP_DIMS = {"hflip": 3, "vflip": 2}
 PAD_MODES = ("constant", "reflect")
 ACTIVATIONS = ("softmax", "sigmoid")
+#: ``inference.threshold=auto``: the thresholds fitted on validation (docs/evaluation.md).
+AUTO_THRESHOLD = "auto"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class InferenceConfig:
         pad_mode: ``"constant"`` (0: images are normalised, as the eval pipeline pads them) or
             ``"reflect"`` (repeated for pads longer than the image; a 1-pixel side is replicated).
         multiple: the network's size multiple (``2 ** encoder_depth`` for smp encoders, e.g. 32).
+        threshold: binary/multilabel decision: a probability in [0, 1] (a label is on where ``p >
+            threshold``) or ``"auto"``: the per-label thresholds fitted on validation (``train.py``: fit
+            them after training, ``p >= t``; ``predict.py``: the checkpoint's, else 0.5). Multiclass takes
+            the argmax (see ``docs/evaluation.md``).
     """
 
     mode: str = "whole"
@@ -61,8 +69,10 @@ class InferenceConfig:
     tta: tuple[str, ...] = ()
     pad_mode: str = "constant"
     multiple: int = 32
+    threshold: float | str = 0.5
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         check_choice(self.mode, "inference.mode", INFERENCE_MODES)
         multiple = check_int(self.multiple, "inference.multiple", minimum=1)
         overlap = float(check_number(self.overlap, "inference.overlap", minimum=0))
@@ -137,6 +147,18 @@ def _parse_tta(tta: Any) -> tuple[str, ...]:
     if len(set(flips)) != len(flips):
         raise ValueError(f"inference.tta lists a flip twice: {list(flips)}")
     return flips
+
+
+def check_threshold(value: Any) -> float | str:
+    """``inference.threshold``: ``"auto"`` or a probability in [0, 1] (as a float)."""
+    if value == AUTO_THRESHOLD:
+        return AUTO_THRESHOLD
+    if isinstance(value, str):
+        raise ValueError(f"inference.threshold must be auto or a probability in [0, 1], got {value!r}")
+    threshold = float(check_number(value, "inference.threshold", minimum=0))
+    if threshold > 1:
+        raise ValueError(f"inference.threshold must be in [0, 1] (a probability) or auto, got {value!r}")
+    return threshold
 
 
 def activation_for_mode(mode: str) -> str:

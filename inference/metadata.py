@@ -34,12 +34,17 @@ __all__ = [
 ]
 
 INFERENCE_FORMAT = "imbalanced-seg/inference"
-INFERENCE_VERSION = 1
+#: Version 2: the optional ``temperature`` and ``thresholds`` (post-hoc fits, docs/evaluation.md). Metadata
+#: without them is still written as version 1 (readable by older versions of the project); a reader older
+#: than version 2 would ignore them, so it is refused instead.
+INFERENCE_VERSION = 2
 #: Prefix of the network's weights in the LightningModule's state dict.
 NETWORK_PREFIX = "network."
 #: ``_target_`` values a checkpoint may name: building a network must not run arbitrary code.
 NETWORK_TARGET = "models.build_network"
 ARCH_PACKAGE = "segmentation_models_pytorch."
+#: Fields that metadata of version 1 lacks.
+OPTIONAL_FIELDS = ("temperature", "thresholds")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class InferenceInfo:
         ignore_index: the label value left out in training (None: none).
         crop_size: (H, W) of the training samples (the default inference tile), or None.
         size_multiple: H and W of the network's input must be multiples of it.
+        temperature: the logits are divided by it before the activation (``evaluation.calibrate``): a
+            float, a list of one per output channel, or None (not calibrated).
+        thresholds: binary/multilabel, one decision threshold per output channel fitted on validation
+            (``inference.threshold=auto``; a label is on where ``p >= t``), or None.
     """
 
     network: dict[str, Any]
@@ -72,9 +81,12 @@ class InferenceInfo:
     ignore_index: int | None
     crop_size: list[int] | None
     size_multiple: int
+    temperature: float | list[float] | None = None
+    thresholds: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": INFERENCE_FORMAT, "version": INFERENCE_VERSION, **asdict(self)}
+        fitted = self.temperature is not None or self.thresholds is not None
+        return {"format": INFERENCE_FORMAT, "version": INFERENCE_VERSION if fitted else 1, **asdict(self)}
 
     @classmethod
     def from_dict(cls, entry: Any, path: str | Path = "<checkpoint>") -> InferenceInfo:
@@ -88,16 +100,34 @@ class InferenceInfo:
                 f"project reads ({INFERENCE_VERSION}); update the project"
             )
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in entry]
+        missing = [n for n in names if n not in entry and n not in OPTIONAL_FIELDS]
         if missing:
             raise ValueError(f"{path}: inference metadata lacks {missing}")
-        info = cls(**{n: entry[n] for n in names})
+        info = cls(**{n: entry[n] for n in names if n in entry})
         check_mode(info.mode)
         if len(info.class_colors) != len(info.class_names):
             raise ValueError(
                 f"{path}: {len(info.class_colors)} class colours for {len(info.class_names)} classes"
             )
+        _check_fitted(info, path)
         return info
+
+
+def _check_fitted(info: InferenceInfo, path: str | Path) -> None:
+    """Temperatures positive, one or one per channel; thresholds in [0, 1], one per channel."""
+    t = info.temperature
+    if t is not None:
+        values = t if isinstance(t, list) else [t]
+        if not values or any(not isinstance(v, (int, float)) or not v > 0 for v in values) \
+                or (isinstance(t, list) and len(t) != info.num_classes):
+            raise ValueError(f"{path}: temperature {t!r} is not a positive number or one per channel "
+                             f"({info.num_classes})")
+    if info.thresholds is not None:
+        th = info.thresholds
+        if info.mode == "multiclass" or not isinstance(th, list) or len(th) != info.num_classes \
+                or any(not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in th):
+            raise ValueError(f"{path}: thresholds {th!r} are not one probability per channel of a binary or "
+                             "multilabel model")
 
 
 def read_inference_checkpoint(path: str | Path) -> tuple[dict[str, Any], InferenceInfo]:

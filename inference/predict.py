@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from evaluation.calibration import apply_temperature
+from evaluation.thresholds import apply_threshold
 from inference.config import ACTIVATIONS, InferenceConfig, activation_for_mode
 from inference.memory import AccumulationPlan, plan_accumulation
 from inference.tiles import (
@@ -100,13 +102,15 @@ def _check_inputs(config: InferenceConfig, image: Tensor, activation: str) -> No
 
 
 def forward_tiles(network: nn.Module, image: Tensor, boxes: list[TileBox], grid: TileGrid,
-                  flip_dims: tuple[int, ...], activation: str, pad_mode: str, multiple: int) -> Tensor:
+                  flip_dims: tuple[int, ...], activation: str, pad_mode: str, multiple: int,
+                  temperature: Tensor | float | None = None) -> Tensor:
     """One pass of one batch of tiles (nnU-Net's ``_internal_maybe_mirror_and_predict``): the tiles of
     ``image`` at ``boxes`` (their valid part), moved to the network's device, parameter dtype and memory
     format (channels_last when the weights are), flipped
     along ``flip_dims``, padded bottom/right to the tile (``pad_mode``), through the network, the
-    ``activation`` in float32, cropped back to the valid part. Returns (k, K, valid_h, valid_w)
-    probabilities in the flipped frame (flip them back to add them)."""
+    ``activation`` in float32 (of the logits divided by ``temperature`` when given: a scalar or one per
+    channel, :func:`evaluation.calibration.apply_temperature`), cropped back to the valid part. Returns
+    (k, K, valid_h, valid_w) probabilities in the flipped frame (flip them back to add them)."""
     device, dtype = _network_placement(network, image)
     valid_h, valid_w = grid.valid
     pad_h, pad_w = grid.pad
@@ -128,6 +132,8 @@ def forward_tiles(network: nn.Module, image: Tensor, boxes: list[TileBox], grid:
             f"(B, K, h, w) logits (is inference.multiple={multiple} the network's size multiple?)"
         )
     logits = logits.float()
+    if temperature is not None:
+        logits = apply_temperature(logits, temperature)
     probs = logits.softmax(1) if activation == "softmax" else logits.sigmoid()
     del logits
     return probs[:, :, :valid_h, :valid_w]
@@ -159,6 +165,7 @@ def predict_probabilities(
     accumulate_device: torch.device | str | None = None,
     accumulate_dtype: torch.dtype | str | None = None,
     return_plan: bool = False,
+    temperature: Tensor | float | None = None,
 ) -> Tensor | tuple[Tensor, AccumulationPlan]:
     r"""(N, K, H, W) probabilities of ``network`` on a normalised (N, C_in, H, W) image of any H, W.
 
@@ -174,6 +181,8 @@ def predict_probabilities(
         accumulate_device, accumulate_dtype: override the memory rule below (see
             :func:`plan_accumulation`; ``accumulate_dtype="auto"`` allows float16 on the CPU).
         return_plan: also return the :class:`AccumulationPlan` that was chosen.
+        temperature: calibration (``evaluation.calibrate``): every pass's logits are divided by it before
+            the activation (a scalar or one per channel); ``None``: none.
 
     Returns:
         The probabilities, on the accumulation device in its dtype (float32 unless asked otherwise), an
@@ -216,7 +225,7 @@ def predict_probabilities(
             for dims in passes:
                 for boxes in tile_boxes(grid, n, dims):
                     probs = forward_tiles(network, image, boxes, grid, dims, activation, config.pad_mode,
-                                          config.multiple)
+                                          config.multiple, temperature)
                     if not (ones_h and ones_w):
                         probs.mul_(tile_weights(weights_h, weights_w, boxes))
                     if dims:
@@ -232,11 +241,19 @@ def predict_probabilities(
     return (acc, plan) if return_plan else acc
 
 
-def labels_from_probabilities(probs: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
+def labels_from_probabilities(probs: Tensor, mode: str, threshold: float = 0.5,
+                              thresholds: Tensor | None = None) -> Tensor:
     """Labels from (N, K, H, W) probabilities: multiclass argmax -> (N, H, W) class ids; binary
     ``p > threshold`` -> (N, H, W) {0, 1} (K must be 1); multilabel ``p > threshold`` -> (N, K, H, W)
-    {0, 1}. int64, on the device of ``probs``."""
+    {0, 1}. int64, on the device of ``probs``. ``thresholds`` (K,), fitted per label on validation, replace
+    ``threshold`` and are applied by the rule they were searched with, ``p >= t``
+    (:func:`evaluation.thresholds.apply_threshold`)."""
     check_mode(mode)
+    if thresholds is not None and mode != MULTICLASS_MODE:
+        if not isinstance(probs, Tensor) or probs.ndim != 4:
+            raise ValueError("probabilities must be (N, K, H, W)")
+        on = apply_threshold(probs, thresholds.to(probs.device))
+        return on[:, 0] if mode == BINARY_MODE else on
     check_number(threshold, "threshold", minimum=0)
     if threshold > 1:
         raise ValueError(f"threshold must be in [0, 1] (a probability), got {threshold!r}")
@@ -271,9 +288,11 @@ class InferencePredictor:
 
     config: InferenceConfig
     mode: str
+    temperature: Tensor | None = None  # divides every pass's logits before the activation (calibration)
 
     def __call__(self, network: nn.Module, images: Tensor) -> Tensor:
-        probs = predict_probabilities(network, images, self.config, activation=activation_for_mode(self.mode))
+        probs = predict_probabilities(network, images, self.config, activation=activation_for_mode(self.mode),
+                                      temperature=self.temperature)
         return logits_from_probabilities(probs.to(images.device), self.mode)
 
 

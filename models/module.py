@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,18 +12,28 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from evaluation.calibration import DEFAULT_BINS, CalibrationHistogram, apply_temperature
 from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
 from evaluation.families import FamilyEvaluation, FamilyResults
 from evaluation.nonfinite import NonFiniteGuard
 from evaluation.options import EvaluationOptions
 from evaluation.per_image import PerImageCounts, PerImageRecorder, batch_names, per_image_counts
+from evaluation.posthoc import PosthocPass, ece_values
 from evaluation.reporting import EvaluationReport
 from evaluation.spatial import spatial_classes
 from evaluation.tables import summarize
+from evaluation.thresholds import apply_threshold
 from models.batches import check_logits, class_names_for, loss_target, predicted_classes, unpack_batch
 from models.speed import is_channels_last
 from seglosses.checks import check_choice, check_ignore_index, check_int
-from seglosses.modes import MULTILABEL_MODE, check_mode, check_num_classes, scored_classes
+from seglosses.modes import (
+    BINARY_MODE,
+    MULTICLASS_MODE,
+    MULTILABEL_MODE,
+    check_mode,
+    check_num_classes,
+    scored_classes,
+)
 
 __all__ = ["INFERENCE_KEY", "SegmentationModule"]
 
@@ -80,6 +91,13 @@ class SegmentationModule(pl.LightningModule):
 
     The families are computed in the validation/test steps of the stages in ``evaluation.splits`` only
     (never in training): per image on the CPU, the calibration histogram on the device.
+
+    Post-hoc fits (:mod:`evaluation.posthoc`, set by ``runs.posthoc``): with :attr:`posthoc_pass` set, a
+    validation epoch only feeds the network's logits to it (no metrics, no logs). :meth:`set_posthoc`
+    sets what the test split applies: the logits (of the test inferer) divided by ``temperature`` before
+    the activation, for the predictions and the families (the test loss stays on the network's logits),
+    and binary/multilabel decisions by ``threshold``; :attr:`posthoc_test` then holds the test split's
+    mean ECE before and after the temperature. The validation epochs never apply them.
     """
 
     def __init__(
@@ -130,6 +148,12 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = is_channels_last(network)  # inputs follow the weights' memory format
         # epoch of the last checkpoint Lightning loaded into this module (fit resume, validate/test)
         self.loaded_checkpoint_epoch: int | None = None
+        self.posthoc_pass: PosthocPass | None = None
+        self.posthoc_result: dict[str, Any] | None = None  # the pass's accumulators of every process
+        self.test_temperature: Tensor | None = None
+        self.test_threshold: float | Tensor | None = None
+        self.posthoc_test: dict[str, Any] | None = None
+        self._test_ece: tuple[CalibrationHistogram, CalibrationHistogram] | None = None
         hparams = {"num_classes": num_classes, "class_names": list(self.class_names),
                    "ignore_index": ignore_index, "mode": mode}
         self.save_hyperparameters(hparams, logger=False)
@@ -179,9 +203,51 @@ class SegmentationModule(pl.LightningModule):
         images = batch["image"] if isinstance(batch, Mapping) else batch
         return self.predict_classes(self(images))
 
-    def _evaluation_step(self, batch: Mapping[str, Any], batch_idx: int, stage: str) -> dict[str, Tensor]:
+    def set_posthoc(self, temperature: Tensor | None, threshold: float | Tensor | None) -> None:
+        """What the test split applies (class docstring): ``temperature`` a scalar or (C,) tensor (None:
+        none); ``threshold`` (binary/multilabel) a probability (``p > t``), (C,) fitted thresholds
+        (``p >= t``) or None (``logit > 0``, as validation)."""
+        if threshold is not None and self.mode == MULTICLASS_MODE:
+            raise ValueError("thresholds are for binary and multilabel models (multiclass takes the argmax)")
+        self.test_temperature = None if temperature is None else torch.as_tensor(temperature).float()
+        self.test_threshold = threshold.float() if isinstance(threshold, Tensor) else threshold
+
+    def _test_outputs(self, batch: Mapping[str, Any], logits: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The test split's ``(logits, predictions)`` with :meth:`set_posthoc`'s values applied."""
+        if self.test_temperature is not None:
+            t = self.test_temperature.to(logits.device)
+            if self._test_ece is not None:
+                self._test_ece[0].update(logits, mask)
+            if self.test_predictor is None:
+                logits = apply_temperature(logits.float(), t)
+            else:  # every pass's logits divided before the activation, as predict.py
+                images, _ = unpack_batch(batch, self.mode, self.num_classes)
+                logits = replace(self.test_predictor, temperature=t)(self.network, images).detach()
+            if self._test_ece is not None:
+                self._test_ece[1].update(logits, mask)
+        threshold = self.test_threshold
+        if threshold is None:
+            return logits, self.predict_classes(logits)
+        probs = logits.float().sigmoid()
+        if isinstance(threshold, Tensor):
+            on = apply_threshold(probs, threshold.to(logits.device))
+        else:
+            on = (probs > threshold).long()
+        return logits, on[:, 0] if self.mode == BINARY_MODE else on
+
+    def _evaluation_step(self, batch: Mapping[str, Any], batch_idx: int,
+                         stage: str) -> dict[str, Tensor] | None:
+        if stage == "val" and self.posthoc_pass is not None:  # a post-hoc fit's pass: the logits only
+            images, mask = unpack_batch(batch, self.mode, self.num_classes)
+            logits = self(images)
+            check_logits(logits, images, mask, self.mode, self.num_classes)
+            self.posthoc_pass.update(logits, mask)
+            return None
         loss, logits, mask = self._step(batch, stage)
-        preds = self.predict_classes(logits)
+        if stage == "test":
+            logits, preds = self._test_outputs(batch, logits, mask)
+        else:
+            preds = self.predict_classes(logits)
         self.metrics[stage].update(preds, mask)
         self.nonfinite.track(stage, loss, batch_idx)
         names = batch_names(batch.get("name"), batch_idx, preds.shape[0])
@@ -230,10 +296,16 @@ class SegmentationModule(pl.LightningModule):
         self.nonfinite.reset("test")
         self.image_counts.reset()
         self._start_families("test")
+        self._test_ece, self.posthoc_test = None, None
+        if self.test_temperature is not None:
+            family = self.evaluation.calibration
+            bins = family.bins if family is not None else DEFAULT_BINS
+            self._test_ece = tuple(CalibrationHistogram(self.num_classes, self.mode, bins, self.ignore_index)
+                                   for _ in range(2))
 
     def _start_families(self, stage: str) -> None:
         self._family_epoch = None
-        if self.evaluation.runs_on(stage):
+        if self.evaluation.runs_on(stage) and not (stage == "val" and self.posthoc_pass is not None):
             self._family_epoch = FamilyEvaluation(self.evaluation, self.mode, self.num_classes,
                                                   self.class_names, self.ignore_index)
 
@@ -244,6 +316,14 @@ class SegmentationModule(pl.LightningModule):
         self._finish_stage("test")
 
     def _finish_stage(self, stage: str) -> None:
+        if stage == "val" and self.posthoc_pass is not None:
+            self.metrics[stage].reset()
+            self.posthoc_result = self.posthoc_pass.finish()  # collectives: every rank
+            return
+        if stage == "test" and self._test_ece is not None:  # collectives: every rank
+            before, after = (h.synced() for h in self._test_ece)
+            self.posthoc_test = {"ece_before": ece_values(before), "ece_after": ece_values(after)}
+            self._test_ece = None
         metric = self.metrics[stage]
         # compute() syncs the confusion matrix over DDP ranks (a collective: every rank calls it), so the
         # values are already global: logged without sync_dist.

@@ -45,6 +45,7 @@ from rich.table import Table
 from datamodules import InputImage, list_inputs, read_image_converted, write_index_mask, write_rgb
 from datamodules.roi import RoiSpec, read_roi
 from evaluation.grids import flag_palette
+from evaluation.posthoc import temperature_tensor
 from inference import (
     InferenceInfo,
     activation_for_mode,
@@ -52,6 +53,7 @@ from inference import (
     load_for_inference,
     predict_probabilities,
 )
+from inference.config import AUTO_THRESHOLD
 from models.speed import INFERENCE_PRECISIONS, autocast_dtype, resolve_precision
 from runs.build import build_inference
 from safeio import atomic_path, write_json
@@ -194,8 +196,10 @@ def _predict_one(
             log.warning("%s: converted %s (the model takes %d channels)", item.path, note, info.in_channels)
         summary.conversions[note] = summary.conversions.get(note, 0) + 1
     x = normalise(image, info)
-    probs = predict_probabilities(network, x, inference, activation=activation_for_mode(info.mode))[0]
-    labels = labels_from_probabilities(probs[None], info.mode, float(cfg.threshold))[0]
+    probs = predict_probabilities(network, x, inference, activation=activation_for_mode(info.mode),
+                                  temperature=temperature_tensor(info.temperature))[0]
+    threshold, thresholds = decision_thresholds(inference.threshold, info)
+    labels = labels_from_probabilities(probs[None], info.mode, threshold, thresholds)[0]
     if roi is not None:
         probs, labels = outside_region_is_background(probs, labels, roi_mask(roi, item, image))
     save = cfg.save
@@ -216,6 +220,17 @@ def _predict_one(
         )
 
 
+def decision_thresholds(option: float | str, info: InferenceInfo) -> tuple[float, torch.Tensor | None]:
+    """``(threshold, thresholds)`` for :func:`inference.labels_from_probabilities` of
+    ``inference.threshold``: ``auto`` is the checkpoint's fitted thresholds (``p >= t``) when it has them,
+    else 0.5 (``p > 0.5``); a number overrides them (``p > t``). Multiclass: the argmax either way."""
+    if option == AUTO_THRESHOLD:
+        if info.thresholds is not None:
+            return 0.5, torch.tensor(info.thresholds, dtype=torch.float32)
+        return 0.5, None
+    return float(option), None
+
+
 def region_spec(value: Any) -> RoiSpec | None:
     """``roi`` of predict.yaml (``{dir, suffix, extension}``; a ``dir`` is required: region masks beside
     the images would be read as inputs)."""
@@ -233,9 +248,9 @@ def check_predict_config(cfg: DictConfig) -> None:
     check_choice(cfg.on_error, "on_error", ON_ERROR)
     check_bool(cfg.overwrite, "overwrite")
     check_choice(str(cfg.precision), "precision", INFERENCE_PRECISIONS)
-    check_number(cfg.threshold, "threshold", minimum=0)
-    if cfg.threshold > 1:
-        raise ValueError(f"threshold must be in [0, 1] (a probability), got {cfg.threshold!r}")
+    if cfg.get("threshold") is not None:
+        raise ValueError("threshold is now inference.threshold (auto: the checkpoint's fitted thresholds, "
+                         "else 0.5; or a number): pass inference.threshold=...")
     check_bool(cfg.save.masks, "save.masks")
     check_bool(cfg.save.overlays, "save.overlays")
     if cfg.save.probabilities is not None:
@@ -276,6 +291,11 @@ def predict(cfg: DictConfig) -> PredictionSummary:
             cfg.input,
             listing.ignored[0],
         )
+    if info.temperature is not None or info.thresholds is not None:
+        threshold, thresholds = decision_thresholds(inference.threshold, info)
+        used = thresholds.tolist() if thresholds is not None else threshold
+        log.info("calibration: temperature %s; thresholds %s (inference.threshold=%s)", info.temperature,
+                 used, inference.threshold)
     log.info(
         "predicting %d images with %s (%s, %d classes) on %s, precision %s: %s",
         len(listing.images),

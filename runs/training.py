@@ -38,6 +38,7 @@ from inference import check_checkpoint, read_checkpoint
 from runs.build import build, build_lightning_module, build_trainer
 from runs.config_checks import check_config, check_data, check_train_batches
 from runs.ddp import ddp_job
+from runs.posthoc import apply_stored, check_posthoc_config, fit_posthoc, posthoc_record, store_in_checkpoint
 from runs.run_dir import check_run_directory
 from runs.tracking import log_figure, log_files
 from runs.trained import load_trained_module
@@ -119,8 +120,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg)
     record: dict[str, Any] = {"optimized_metric": cfg.optimized_metric}
     record.update(checkpoint=str(cfg.ckpt_path), epoch=trained.epoch)
+    stored = apply_stored(cfg, trained.module, read_checkpoint(cfg.ckpt_path))
     trainer.test(trained.module, datamodule=trained.datamodule, verbose=False)
     record["test"] = _with_epoch(trained.module.results.get("test"), trained.epoch)
+    record.update(posthoc_record(trained.module, stored, record["test"], "checkpoint"))
     _report(cfg, trainer, trained.module, record)
     return record
 
@@ -154,6 +157,14 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     # Read before validate/test: loading `best` restores the callback state saved with it (an older one).
     last = (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None
+    # evaluation.calibrate, inference.threshold=auto: fitted on validation, stored in the best checkpoint
+    fit = fit_posthoc(cfg, trainer, module, datamodule, best)
+    if fit is not None and best is not None:
+        if trainer.is_global_zero:
+            store_in_checkpoint(best, fit)
+        trainer.strategy.barrier("posthoc")  # the checkpoint is complete before any rank reads it again
+    elif fit is not None:
+        log.warning("no best checkpoint to store the post-hoc fits in: they apply to this run's test only")
     # Score the checkpoint that is kept as the result: the table printed here is the best epoch's.
     trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     best_epoch = module.loaded_checkpoint_epoch if best else None  # set when validate loaded `best`
@@ -170,6 +181,7 @@ def fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         record["test"] = _with_epoch(module.results.get("test"), epoch)
+    record.update(posthoc_record(module, fit, record.get("test"), "fitted on val"))
     _report(cfg, trainer, module, record)
     return record
 
@@ -181,6 +193,8 @@ def run(cfg: DictConfig) -> float | None:
     sweeper optimises), or None when it was not computed or is NaN (always None for ``train=false``;
     Optuna counts None as a failed trial, a NaN would end the search)."""
     check_config(cfg)
+    if cfg.train:
+        check_posthoc_config(cfg)
     check_job_overrides(cfg)  # a job of a sweep: every override it sets is used (runs.unused_overrides)
     check_run_directory(cfg.paths.output_dir, bool(cfg.train), cfg.ckpt_path)  # never over earlier results
     if not cfg.train:

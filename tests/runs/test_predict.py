@@ -167,7 +167,7 @@ def test_empty_or_missing_input_is_a_clear_error(checkpoint, tmp_path):
     ("override", "match"),
     [
         ("on_error=ignore", "on_error"),
-        ("threshold=2", "threshold"),
+        ("inference.threshold=2", "inference.threshold"),
         ("save.probabilities=int8", "save.probabilities"),
         ("inference.overlap=1.5", "inference.overlap"),
         ("device=tpu", "device"),
@@ -273,7 +273,8 @@ def test_binary_checkpoint_writes_thresholded_0_1_masks(tmp_path):
     out = tmp_path / "out"
     predict(
         predict_cfg(
-            ckpt, path, out, f"threshold={threshold}", "save.probabilities=float16", "inference.mode=whole"
+            ckpt, path, out, f"inference.threshold={threshold}", "save.probabilities=float16",
+            "inference.mode=whole",
         )
     )
     mask = np.asarray(Image.open(out / "masks" / "a.png"))
@@ -310,7 +311,8 @@ def test_binary_masks_and_overlays_show_the_foreground(tmp_path, colors):
     path = write_image(tmp_path / "in" / "a.png", 24, 24)
     out = tmp_path / "out"
     # threshold 0: every pixel is foreground, whatever the untrained network says
-    predict(predict_cfg(ckpt, path, out, "threshold=0", "save.overlays=true", "save.overlay_alpha=1"))
+    predict(predict_cfg(ckpt, path, out, "inference.threshold=0", "save.overlays=true",
+                        "save.overlay_alpha=1"))
     mask = Image.open(out / "masks" / "a.png")
     assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, *foreground]
     assert np.asarray(mask).min() == 1
@@ -331,7 +333,7 @@ def test_multilabel_masks_use_the_flag_colours_of_the_grids(tmp_path):
     info = load_for_inference(ckpt)[1]
     assert info.class_colors == default_class_colors("multilabel", 3)
     path = write_image(tmp_path / "in" / "a.png", 16, 16)
-    predict(predict_cfg(ckpt, path, tmp_path / "out", "threshold=0"))  # all three labels on: flag 7
+    predict(predict_cfg(ckpt, path, tmp_path / "out", "inference.threshold=0"))  # all three labels on: flag 7
     mask = Image.open(tmp_path / "out" / "masks" / "a.png")
     assert np.asarray(mask).min() == 7
     assert mask.getpalette()[3 * 7: 3 * 8] == flag_palette(3)[7].tolist()
