@@ -3,6 +3,9 @@ and check that the exported model computes what the PyTorch network computes.
 
 - ONNX: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; needs ``onnx`` and
   ``onnxscript``) with dynamic batch, height and width; checked with onnxruntime on the CPU.
+- The exported graph is the network alone: it outputs the uncalibrated logits. ``model.json`` carries the
+  checkpoint's ``temperature`` and ``thresholds`` (post-hoc fits, ``null`` when not fitted) and says in
+  ``output.postprocessing`` how to apply them.
 - TorchScript: ``torch.jit.trace`` (scripting does not cover smp's networks; TorchScript itself is in
   maintenance in recent PyTorch in favour of ``torch.export``); checked after ``torch.jit.load``.
 
@@ -100,6 +103,20 @@ def _run_torchscript(path: Path, x: Tensor) -> np.ndarray:
         return torch.jit.load(str(path), map_location="cpu")(x).numpy()
 
 
+def _postprocessing(info: InferenceInfo) -> str:
+    """How to turn the exported (uncalibrated) logits into what ``predict.py`` writes."""
+    steps = []
+    if info.temperature is not None:
+        steps.append("divide the logits by temperature (per channel when a list) before the activation")
+    if info.thresholds is not None:
+        steps.append("a label is on where its probability >= thresholds[label]")
+    elif info.mode != "multiclass":
+        steps.append("a label is on where its probability > 0.5")
+    else:
+        steps.append("the class is the argmax (the temperature does not change it)")
+    return "the model outputs uncalibrated logits; " + "; ".join(steps)
+
+
 def _sidecar_record(info: InferenceInfo, path: Path, fmt: str, source: str | None, shape: tuple[int, ...],
                     max_abs: float, atol: float, rtol: float, passed: bool) -> dict[str, Any]:
     """What ``model.json`` says about the exported ``path``: the checkpoint's metadata, the exporter, the
@@ -120,7 +137,8 @@ def _sidecar_record(info: InferenceInfo, path: Path, fmt: str, source: str | Non
             "normalisation": "(x / 255 - mean) / std" if info.mean is not None else "x / 255",
             "height_width": f"any multiples of {info.size_multiple} (dynamic), batch dynamic",
         },
-        "output": {"name": OUTPUT_NAME, "activation": activation_for_mode(info.mode), "layout": "NCHW"},
+        "output": {"name": OUTPUT_NAME, "activation": activation_for_mode(info.mode), "layout": "NCHW",
+                   "postprocessing": _postprocessing(info)},
         "check": {
             "input_shape": list(shape),
             "max_abs_diff": max_abs,
