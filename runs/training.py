@@ -14,7 +14,9 @@ inferer as ``predict.py``: whole image by default, ``inference.mode=slide``, ``i
 ``evaluation.*``) and the ``epoch`` of the weights that were scored; ``outputs`` the names of the evaluation
 files written next to it (:mod:`evaluation.files`): ``test_per_image.csv``, ``confusion_val.csv``/``.png``
 (the best validation epoch; not with ``train=false``), ``confusion_test.csv``/``.png`` and
-``reliability_<split>.png`` (calibration). The loggers get the figures (TensorBoard: images
+``reliability_<split>.png`` (calibration). ``calibration`` and ``threshold``: the post-hoc fits of
+``evaluation.calibrate`` and ``inference.threshold=auto`` (:mod:`runs.posthoc`, fitted on validation between
+fitting and the test and stored in the best checkpoint). The loggers get the figures (TensorBoard: images
 ``confusion/<split>``, ``reliability/<split>``) and, where they keep files (MLflow), every file
 (:mod:`runs.tracking`).
 """
