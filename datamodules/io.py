@@ -198,9 +198,10 @@ def read_image_converted(path: str | Path, in_channels: int) -> tuple[np.ndarray
 
 def write_index_mask(path: str | Path, mask: np.ndarray, palette: Sequence[Sequence[int]] | None) -> None:
     """Write a (H, W) index mask as PNG: 8-bit palette image with ``palette`` (one [R, G, B] per index) when
-    the values fit in 8 bits, else 16-bit grayscale (no palette)."""
+    the values fit in 8 bits (8-bit grayscale without a palette: PIL would remap the indices of a palette
+    image without one), else 16-bit grayscale (no palette)."""
     if mask.max(initial=0) < 256:
-        img = Image.fromarray(mask.astype(np.uint8), mode="P")
+        img = Image.fromarray(mask.astype(np.uint8), mode="P" if palette is not None else "L")
         if palette is not None:
             flat = [int(v) for color in palette for v in color][: 256 * 3]
             img.putpalette(flat + [0] * (256 * 3 - len(flat)))

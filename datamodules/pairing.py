@@ -278,3 +278,55 @@ def find_pairs(
     if not allow_lossy_masks:
         check_lossless_masks(pairs, split=split, key=key)
     return pairs
+
+
+def _by_name(folder: Path, tail: str, what: str) -> dict[str, Path]:
+    """``{relative path without tail: file}`` of the files of ``folder`` (recursive; hidden ones skipped)
+    named ``<name><tail>``, the extension compared case-insensitively."""
+    dot = tail.rfind(".")
+    suffix, extension = (tail[:dot], tail[dot:]) if dot >= 0 else (tail, "")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        relative = p.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not p.is_file():
+            continue
+        if _has_tail(p.name, suffix, extension):
+            name = relative.as_posix()[: -len(tail)]
+            if name in found:
+                raise ValueError(f"two {what} files have the name '{name}': {found[name]}, {p}")
+            found[name] = p
+    return found
+
+
+def pair_by_name(pred_dir: Path, gt_dir: Path, *, pred_tail: str = ".png",
+                 gt_tail: str = ".png") -> list[tuple[str, Path, Path]]:
+    """``(name, predicted mask, ground-truth mask)`` of every pair of files with the same name: the path
+    relative to its folder (subfolders included) without its tail, ``pred_dir/<name><pred_tail>`` with
+    ``gt_dir/<name><gt_tail>`` (e.g. ``gt_tail="_mask.png"``); sorted by name.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: predictions without a ground truth or ground truths without a prediction (a few of each
+            are listed, with the counts), two files of one name, or no pair at all.
+    """
+    for folder, what in ((pred_dir, "predicted masks"), (gt_dir, "ground-truth masks")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"the folder of the {what} does not exist: {folder}")
+    preds = _by_name(pred_dir, pred_tail, "predicted mask")
+    truths = _by_name(gt_dir, gt_tail, "ground-truth mask")
+    no_truth = sorted(n for n in preds if n not in truths)
+    no_pred = sorted(n for n in truths if n not in preds)
+    if no_truth or no_pred:
+        parts = []
+        if no_truth:
+            parts.append(f"{len(no_truth)} predicted mask(s) without a ground truth '<name>{gt_tail}' in "
+                         f"{gt_dir}: " + _few([preds[n].relative_to(pred_dir).as_posix() for n in no_truth]))
+        if no_pred:
+            parts.append(f"{len(no_pred)} ground-truth mask(s) without a prediction '<name>{pred_tail}' in "
+                         f"{pred_dir}: " + _few([truths[n].relative_to(gt_dir).as_posix() for n in no_pred]))
+        raise ValueError(f"predicted and ground-truth masks do not pair up by name ({len(preds)} and "
+                         f"{len(truths)} files); " + "; ".join(parts))
+    if not preds:
+        raise ValueError(f"no predicted masks '<name>{pred_tail}' in {pred_dir} (nor ground truths "
+                         f"'<name>{gt_tail}' in {gt_dir})")
+    return [(n, preds[n], truths[n]) for n in sorted(preds)]

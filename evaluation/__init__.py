@@ -14,6 +14,8 @@ modules themselves (this package imports nothing, so that ``evaluation.sweeps`` 
   over DDP processes; ``evaluation.families``: one stage's families (records and calibration histogram),
   their ``metrics.json`` values, logged keys and per-image columns; ``evaluation.family_tables``: their
   console tables
+- ``evaluation.stage``: what ``metrics.json`` holds of a split (``stage_summary``) and the same metrics fed
+  image by image outside Lightning (``StageEvaluation``: ``evaluate.py``)
 - ``evaluation.pixels``: logits and targets of every mode as one row per pixel; DDP sums and gathers
 - ``evaluation.calibration``: class-wise and top-label ECE histograms, reliability diagrams, temperature
   scaling (``fit_temperature``, ``apply_temperature``, the ``LogitSample`` it is fitted on)

@@ -93,10 +93,20 @@ class CalibrationHistogram:
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: ``logits`` (N, C, *) and its target (:func:`evaluation.pixels.flat_pixels`)."""
-        z, t = flat_pixels(logits, target, self.mode)
+        self._update(logits, target, probabilities=False)
+
+    def update_probabilities(self, probs: Tensor, target: Tensor) -> None:
+        """Add a batch of probabilities (N, C, *) in [0, 1] instead of logits (multiclass: per class, e.g.
+        a softmax; binary/multilabel: each label's sigmoid), e.g. those ``predict.py`` saved; the bins and
+        the top label as :meth:`update` makes them of the logits' softmax/sigmoid."""
+        self._update(probs, target, probabilities=True)
+
+    def _update(self, values: Tensor, target: Tensor, probabilities: bool) -> None:
+        z, t = flat_pixels(values, target, self.mode)
+        what = "probabilities" if probabilities else "logits"
         if z.shape[1] != self.num_classes:
-            raise ValueError(f"logits have {z.shape[1]} channels, the histogram {self.num_classes} classes")
-        probs, positive, valid = one_vs_rest(z, t, self.mode, self.ignore_index)
+            raise ValueError(f"{what} have {z.shape[1]} channels, the histogram {self.num_classes} classes")
+        probs, positive, valid = one_vs_rest(z, t, self.mode, self.ignore_index, probabilities)
         if self.top_label:
             confidence, predicted = probs.max(dim=1, keepdim=True)
             probs = torch.cat([probs, confidence], dim=1)

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelConfusionMatrix
 
+from seglosses.modes import MULTILABEL_MODE
+
 __all__ = [
     "PER_CLASS",
     "MultilabelSegmentationMetrics",
@@ -24,6 +26,7 @@ __all__ = [
     "scores_from_confusion",
     "scores_from_counts",
     "scores_from_multilabel_confusion",
+    "segmentation_metrics",
 ]
 
 PER_CLASS = ("iou", "dice", "precision", "recall", "pixel_share")
@@ -224,3 +227,12 @@ class MultilabelSegmentationMetrics(_ConfusionMetrics):
             )
         self._check(preds, target, f"(N, C, *) with C = {self.num_labels} labels")
         super().update(preds, target)
+
+
+def segmentation_metrics(mode: str, num_classes: int, ignore_index: int | None = None) -> _ConfusionMetrics:
+    """The metrics of ``mode`` over ``num_classes`` scored classes (:func:`seglosses.modes.scored_classes`:
+    binary 2): :class:`MultilabelSegmentationMetrics` for ``"multilabel"``, else
+    :class:`SegmentationMetrics`."""
+    if mode == MULTILABEL_MODE:
+        return MultilabelSegmentationMetrics(num_classes, ignore_index)
+    return SegmentationMetrics(num_classes, ignore_index)

@@ -214,13 +214,20 @@ class FamilyEvaluation:
         if options.calibration is not None:
             self.histogram = CalibrationHistogram(num_classes, mode, options.calibration.bins, ignore_index)
 
-    def update(self, names: Sequence[str], logits: Tensor, preds: Tensor, target: Tensor) -> None:
+    def update(self, names: Sequence[str], logits: Tensor | None, preds: Tensor, target: Tensor,
+               probabilities: Tensor | None = None) -> None:
         """One batch: image names, the logits (N, C, H, W), the predicted classes and the target as the
-        metrics take them."""
+        metrics take them; calibration scores ``probabilities`` (N, C, H, W) instead of the logits when
+        they are given (saved probabilities, ``evaluate.py``)."""
         if self.spatial is not None:
             self.spatial.add(names, preds, target)
         if self.histogram is not None:
-            self.histogram.update(logits.detach(), target)
+            if probabilities is not None:
+                self.histogram.update_probabilities(probabilities.detach(), target)
+            elif logits is not None:
+                self.histogram.update(logits.detach(), target)
+            else:
+                raise ValueError("calibration is on but the batch has neither logits nor probabilities")
 
     def finish(self) -> FamilyResults:
         """The epoch's results from every process; the state is emptied."""

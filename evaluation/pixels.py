@@ -47,21 +47,23 @@ def flat_pixels(logits: Tensor, target: Tensor, mode: str) -> tuple[Tensor, Tens
     return z, target.movedim(1, -1).reshape(-1, c)
 
 
-def one_vs_rest(z: Tensor, t: Tensor, mode: str, ignore_index: int | None) -> tuple[Tensor, Tensor, Tensor]:
+def one_vs_rest(z: Tensor, t: Tensor, mode: str, ignore_index: int | None,
+                probabilities: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(probs, positive, valid)``, each (P, C), of :func:`flat_pixels`' rows: the probability of class c
-    (float32: multiclass the softmax over the row, binary/multilabel the sigmoid of each logit), whether
+    (float32: multiclass the softmax over the row, binary/multilabel the sigmoid of each logit; with
+    ``probabilities`` the rows are probabilities already, e.g. those ``predict.py`` saved), whether
     the pixel is of class c (multiclass ``t == c``, else ``t == 1``), and whether the element is scored
     (its target is not ``ignore_index``; multiclass: the pixel's). Targets are not range-checked (that
     would read them back to the host): a multiclass id outside [0, C) is of no class, a binary/multilabel
     value other than 1 is negative."""
     if mode == MULTICLASS_MODE:
-        probs = torch.softmax(z.float(), dim=1)
+        probs = z.float() if probabilities else torch.softmax(z.float(), dim=1)
         classes = torch.arange(z.shape[1], device=z.device)
         positive = t.unsqueeze(1) == classes
         scored = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
         valid = scored.unsqueeze(1).expand_as(positive)
     else:
-        probs = torch.sigmoid(z.float())
+        probs = z.float() if probabilities else torch.sigmoid(z.float())
         positive = t == 1
         valid = torch.ones_like(positive) if ignore_index is None else t != ignore_index
     return probs, positive, valid

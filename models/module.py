@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from evaluation.calibration import DEFAULT_BINS, CalibrationHistogram, apply_temperature
-from evaluation.confusion import MultilabelSegmentationMetrics, SegmentationMetrics, metric_logs
+from evaluation.confusion import metric_logs, segmentation_metrics
 from evaluation.families import FamilyEvaluation, FamilyResults
 from evaluation.nonfinite import NonFiniteGuard
 from evaluation.options import EvaluationOptions
@@ -21,7 +21,7 @@ from evaluation.per_image import PerImageCounts, PerImageRecorder, batch_names, 
 from evaluation.posthoc import PosthocPass, ece_values
 from evaluation.reporting import EvaluationReport
 from evaluation.spatial import spatial_classes
-from evaluation.tables import summarize
+from evaluation.stage import stage_summary
 from evaluation.thresholds import apply_threshold
 from models.batches import check_logits, class_names_for, loss_target, predicted_classes, unpack_batch
 from models.speed import is_channels_last
@@ -79,8 +79,9 @@ class SegmentationModule(pl.LightningModule):
     steps and before any validation or checkpoint of those weights, in validation/test at the epoch end.
 
     Attributes:
-        results: ``{"val": ..., "test": ...}``, the latest :func:`evaluation.tables.summarize` of each stage
-            plus its ``"epoch"`` (the epoch validated during fit; ``None`` in a separate validate/test run).
+        results: ``{"val": ..., "test": ...}``, the latest :func:`evaluation.stage.stage_summary` of each
+            stage (pixel scores and families) plus its ``"epoch"`` (the epoch validated during fit; ``None``
+            in a separate validate/test run).
         confusion: ``{"val": ..., "test": ...}``, the confusion matrix of each stage's latest evaluation,
             summed over DDP ranks, on the CPU, int64: (C, C) ``[true, predicted]`` (multilabel: (C, 2, 2)).
         per_image: ``{"test": PerImageCounts}``, the counts of every test image, gathered from all DDP
@@ -133,8 +134,8 @@ class SegmentationModule(pl.LightningModule):
         self.metric_classes = scored_classes(mode, num_classes)
         self.class_names = class_names_for(class_names, self.metric_classes, mode)
         self.report = EvaluationReport(self.class_names, print_tables, worst_images, rare_classes)
-        metric_type = MultilabelSegmentationMetrics if mode == MULTILABEL_MODE else SegmentationMetrics
-        self.metrics = nn.ModuleDict({s: metric_type(self.metric_classes, ignore_index) for s in EVAL_STAGES})
+        self.metrics = nn.ModuleDict({s: segmentation_metrics(mode, self.metric_classes, ignore_index)
+                                      for s in EVAL_STAGES})
         self.results: dict[str, dict[str, Any]] = {}
         self.confusion: dict[str, Tensor] = {}
         self.per_image: dict[str, PerImageCounts] = {}
@@ -347,14 +348,13 @@ class SegmentationModule(pl.LightningModule):
         # During fit, current_epoch is the epoch being validated; after it (validate/test) it counts the
         # finished epochs and says nothing about the weights, so no epoch is reported then.
         epoch = self.current_epoch if self.trainer.state.fn == "fit" else None
-        self.results[stage] = {"epoch": epoch, **summarize(scores, self.class_names)}
+        self.results[stage] = {"epoch": epoch, **stage_summary(scores, self.class_names, families)}
         self.confusion[stage] = matrix.detach().cpu().long()
         if per_image is not None:
             self.per_image[stage] = per_image
         self.families.pop(stage, None)
         if families is not None:
             self.families[stage] = families
-            self.results[stage].update(families.summary())
         if self.trainer.is_global_zero:
             self.report.show(stage, scores, epoch, per_image, self.loaded_checkpoint_epoch, families)
 

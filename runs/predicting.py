@@ -62,7 +62,8 @@ from seglosses.modes import MULTILABEL_MODE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ON_ERROR", "PROBABILITY_FORMATS", "PredictionSummary", "predict", "resolve_device"]
+__all__ = ["ON_ERROR", "PROBABILITY_FORMATS", "PredictionSummary", "predict", "progress_bar",
+           "resolve_device"]
 
 ON_ERROR = ("skip", "fail")
 PROBABILITY_FORMATS = ("uint8", "float16")
@@ -167,9 +168,11 @@ def _check_output(output: Path, overwrite: bool) -> None:
         )
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool, label: str = "predict") -> Progress:
+    """The bar of ``predict.py`` and ``evaluate.py`` (on stderr): ``label``, bar, done/total, the current
+    file (``bar.update(task, name=...)``), elapsed and remaining time."""
     return Progress(
-        TextColumn("[bold]predict"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[name]}"),
@@ -308,7 +311,7 @@ def predict(cfg: DictConfig) -> PredictionSummary:
     )
     start = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-    with _progress(bool(cfg.progress)) as bar, autocast:
+    with progress_bar(bool(cfg.progress)) as bar, autocast:
         task = bar.add_task("predict", total=len(listing.images), name="")
         for item in listing.images:
             bar.update(task, name=str(item.relative))

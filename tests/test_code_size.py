@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("seglosses", "safeio", "datamodules", "evaluation", "models", "inference", "runs")
-ENTRY_POINTS = ("train.py", "predict.py", "export.py")
+ENTRY_POINTS = ("train.py", "predict.py", "export.py", "evaluate.py")
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 

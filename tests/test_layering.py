@@ -2,8 +2,9 @@
 
 Lowest first: ``seglosses`` and ``safeio`` import nothing of ours; ``datamodules`` and ``evaluation`` (beside
 each other: neither imports the other) import only those two; ``models`` adds ``evaluation``;
-``inference`` adds ``models``; ``runs`` may import anything; the entry points ``train.py``, ``predict.py``
-and ``export.py`` sit on top. Every ``import`` in a module counts, also one inside a function."""
+``inference`` adds ``models``; ``runs`` may import anything; the entry points ``train.py``, ``predict.py``,
+``export.py`` and ``evaluate.py`` sit on top. Every ``import`` in a module counts, also one inside a
+function."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "inference": BASE | {"evaluation", "models"},
     "runs": BASE | {"datamodules", "evaluation", "models", "inference"},
 }
-ENTRY_POINTS = ("train", "predict", "export")
+ENTRY_POINTS = ("train", "predict", "export", "evaluate")
 OURS = set(ALLOWED) | set(ENTRY_POINTS)
 
 

@@ -106,5 +106,7 @@ def test_index_mask_is_a_palette_png(tmp_path):
     img = Image.open(tmp_path / "m.png")
     assert img.mode == "P" and np.array_equal(np.asarray(img), mask)
     assert img.getpalette()[:9] == [0, 0, 0, 255, 0, 0, 0, 0, 255]
+    write_index_mask(tmp_path / "gray.png", np.array([[0, 7], [3, 7]]), None)  # no palette: 8-bit grayscale
+    assert np.asarray(Image.open(tmp_path / "gray.png")).tolist() == [[0, 7], [3, 7]]
     write_index_mask(tmp_path / "wide.png", np.array([[0, 300]]), None)  # > 8 bits: 16-bit, no palette
     assert np.asarray(Image.open(tmp_path / "wide.png")).tolist() == [[0, 300]]

@@ -154,6 +154,24 @@ def test_binary_targets_with_and_without_channel_agree_and_shapes_are_checked():
         CalibrationHistogram(4, "multiclass").update(torch.randn(2, 3, 5, 5), torch.zeros(2, 5, 5).long())
 
 
+@pytest.mark.parametrize("mode, channels", [("multiclass", 4), ("binary", 1), ("multilabel", 3)])
+def test_probabilities_give_the_state_of_their_logits(mode, channels):
+    """update_probabilities (saved probabilities, evaluate.py) of softmax/sigmoid(logits) = update(logits)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, channels, 8, 8, generator=g) * 3
+    shape = (2, 8, 8) if mode != "multilabel" else (2, channels, 8, 8)
+    target = torch.randint(0, channels if mode == "multiclass" else 2, shape, generator=g)
+    target[0, ..., 0] = 255
+    probs = logits.softmax(1) if mode == "multiclass" else logits.sigmoid()
+    from_logits, from_probs = (CalibrationHistogram(channels, mode, ignore_index=255) for _ in range(2))
+    from_logits.update(logits, target)
+    from_probs.update_probabilities(probs, target)
+    torch.testing.assert_close(from_probs.state, from_logits.state)
+    if mode == "multiclass":
+        with pytest.raises(ValueError, match="probabilities have 2 channels, the histogram 4"):
+            from_probs.update_probabilities(probs[:, :2], target)
+
+
 def test_reliability_diagram_png(tmp_path):
     logits, target = _multiclass(7)
     hist = CalibrationHistogram(4, "multiclass", ignore_index=IGNORE)
