@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from evaluation.pixels import all_gather_cat, all_reduce_sum, flat_pixels, one_vs_rest
+from evaluation.pixels import all_gather_cat, all_reduce_sum, flat_pixels, one_vs_rest, per_channel
 from safeio import atomic_path
 from seglosses.distributed import distributed_world
 from seglosses.modes import MULTICLASS_MODE, check_mode, check_num_classes
@@ -232,14 +232,7 @@ TEMPERATURE_RANGE = (1e-2, 1e2)
 def apply_temperature(logits: Tensor, temperature: Tensor | float) -> Tensor:
     """``logits / T`` with ``T`` a scalar or (C,) per-class temperatures divided along dim 1 of (N, C, *)
     logits (``z_c / T_c``); in the logits' dtype and device."""
-    t = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-    if t.ndim == 1 and logits.ndim >= 2:
-        if t.shape[0] != logits.shape[1]:
-            raise ValueError(f"{t.shape[0]} temperatures for logits of {logits.shape[1]} channels")
-        t = t.reshape(1, -1, *([1] * (logits.ndim - 2)))
-    elif t.ndim != 0:
-        raise ValueError(f"temperature must be a scalar or (C,), got shape {tuple(t.shape)}")
-    return logits / t
+    return logits / per_channel(temperature, logits, "temperatures")
 
 
 def _nll_terms(logits: Tensor, target: Tensor, mode: str,

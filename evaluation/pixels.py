@@ -18,7 +18,13 @@ from torch import Tensor
 from seglosses.distributed import distributed_world
 from seglosses.modes import BINARY_MODE, MULTICLASS_MODE, check_mode
 
-__all__ = ["all_gather_cat", "all_reduce_sum", "flat_pixels", "one_vs_rest"]
+__all__ = [
+    "all_gather_cat",
+    "all_reduce_sum",
+    "flat_pixels",
+    "one_vs_rest",
+    "per_channel",
+]
 
 
 def flat_pixels(logits: Tensor, target: Tensor, mode: str) -> tuple[Tensor, Tensor]:
@@ -97,3 +103,16 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(local) for _ in range(world[1])]
     torch.distributed.all_gather(parts, local)
     return torch.cat(parts).to(tensor.device)
+
+
+def per_channel(values: Tensor | float, like: Tensor, what: str) -> Tensor:
+    """``values`` (a scalar, or (C,) one per channel of dim 1 of ``like`` (N, C, *)) in ``like``'s dtype and
+    device, shaped to broadcast against it; ValueError naming ``what`` for any other shape."""
+    t = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    if t.ndim == 1 and like.ndim >= 2:
+        if t.shape[0] != like.shape[1]:
+            raise ValueError(f"{t.shape[0]} {what} for {like.shape[1]} channels")
+        return t.reshape(1, -1, *([1] * (like.ndim - 2)))
+    if t.ndim != 0:
+        raise ValueError(f"{what} must be a scalar or (C,), got shape {tuple(t.shape)}")
+    return t

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evaluation.pixels import all_reduce_sum, flat_pixels, one_vs_rest
+from evaluation.pixels import all_reduce_sum, flat_pixels, one_vs_rest, per_channel
 from seglosses.modes import MULTICLASS_MODE, check_mode, check_num_classes
 
 __all__ = ["DEFAULT_THRESHOLD", "GRID_STEPS", "POSITIVE_RULE", "ThresholdHistogram", "apply_threshold",
@@ -43,14 +43,7 @@ def apply_threshold(probs: Tensor, thresholds: Tensor | float) -> Tensor:
     """Predictions by :data:`POSITIVE_RULE`: int64 {0, 1} of ``probs``' shape, 1 where ``probs >= t``.
     ``thresholds``: a scalar, or (C,) per label compared along dim 1 of (N, C, *) probabilities; cast to
     ``probs``' dtype (search and apply in float32, as the sigmoid here, for the same result)."""
-    t = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device)
-    if t.ndim == 1 and probs.ndim >= 2:
-        if t.shape[0] != probs.shape[1]:
-            raise ValueError(f"{t.shape[0]} thresholds for probabilities of {probs.shape[1]} channels")
-        t = t.reshape(1, -1, *([1] * (probs.ndim - 2)))
-    elif t.ndim != 0:
-        raise ValueError(f"thresholds must be a scalar or (C,), got shape {tuple(t.shape)}")
-    return (probs >= t).long()
+    return (probs >= per_channel(thresholds, probs, "thresholds")).long()
 
 
 def grid_thresholds(steps: int = GRID_STEPS, device: torch.device | str | None = None) -> Tensor:

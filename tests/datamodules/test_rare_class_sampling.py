@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from datamodules import FolderDataModule, LabelStatistics, SyntheticDataModule
 from datamodules.samplers import RareClassSampler, UnpaddedDistributedSampler, rcs_class_probabilities
 from tests.datamodules.helpers import compose_config, write_pair
+from tests.ports import free_port
 
 SIGMAS = 4.5  # tolerance of the empirical frequencies, in binomial standard deviations
 
@@ -239,13 +240,8 @@ def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_share_the_single_process_plan(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "rank")
-    mp.spawn(_rank_worker, args=(2, port, out), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
     dm = SyntheticDataModule(num_classes=5, image_size=(32, 32), num_train=9, num_val=2, num_test=2,
                              progress=False, sampling="rcs", rcs_temperature=0.1, seed=5,

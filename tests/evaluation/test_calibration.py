@@ -250,7 +250,7 @@ def test_apply_temperature_divides_along_channels_and_keeps_the_argmax():
     expected = torch.stack([z[:, c] / per_class[c] for c in range(3)], dim=1)
     torch.testing.assert_close(apply_temperature(z, per_class), expected)
     torch.testing.assert_close(apply_temperature(z[:, :, 0, 0], per_class), expected[:, :, 0, 0])
-    with pytest.raises(ValueError, match="2 temperatures for logits of 3 channels"):
+    with pytest.raises(ValueError, match="2 temperatures for 3 channels"):
         apply_temperature(z, torch.ones(2))
 
 

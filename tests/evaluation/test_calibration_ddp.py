@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from evaluation.calibration import CalibrationHistogram, LogitSample
 from evaluation.thresholds import ThresholdHistogram
+from tests.ports import free_port
 
 IGNORE = 255
 
@@ -51,18 +52,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_merges_equal_the_single_process_results(tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
     logits, target = _multiclass(70, shape=(4, 3, 8, 8))
     hist = CalibrationHistogram(3, "multiclass", ignore_index=IGNORE)

@@ -40,7 +40,7 @@ def test_apply_threshold_predicts_positive_at_equality_per_label():
     assert pred[:, :, 0, 0].tolist() == [[1, 1], [0, 0], [1, 1]]
     assert apply_threshold(torch.tensor([0.5, 0.49]), 0.5).tolist() == [1, 0]
     assert apply_threshold(probs[:, :, 0, 0], t).tolist() == [[1, 1], [0, 0], [1, 1]]  # (n, C)
-    with pytest.raises(ValueError, match="3 thresholds for probabilities of 2 channels"):
+    with pytest.raises(ValueError, match="3 thresholds for 2 channels"):
         apply_threshold(probs, torch.ones(3))
 
 

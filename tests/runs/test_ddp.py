@@ -28,6 +28,7 @@ from seglosses import DiceLoss
 from seglosses.combined import _DICE_PLAIN, CombinedLoss
 from seglosses.focal import FocalLoss
 from tests.overrides import SMALL_UNET, SYNTHETIC_ODD
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
@@ -168,18 +169,10 @@ def _dice_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sync_ddp_dice_and_label_statistics_equal_single_process(tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_dice_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_dice_worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
 
     torch.manual_seed(0)  # the worker's draws, in one process
